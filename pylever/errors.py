@@ -1,0 +1,63 @@
+"""Typed errors of the Lever and Py clients (see docs/architecture.md for the mapping).
+
+Messages name the service, method, path, status and the service's own code and
+message: never a credential or a query string.
+"""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """An answer from Lever or Py that is not a success, or no answer at all."""
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str = "",
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.service = service
+        self.status = status
+        self.code = code
+
+
+class PermanentApiError(ApiError):
+    """Retrying cannot fix it (4xx other than 429)."""
+
+
+class BadRequestError(PermanentApiError):
+    pass
+
+
+class AuthError(PermanentApiError):
+    pass
+
+
+class NotFoundError(PermanentApiError):
+    pass
+
+
+class ConflictError(PermanentApiError):
+    pass
+
+
+class RetryableApiError(ApiError):
+    """Transient: 5xx, 429, timeouts and network errors."""
+
+    retryable = True
+
+
+class RateLimitedError(RetryableApiError):
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class UnknownStageError(PermanentApiError):
+    """A configured stage name or id that Lever's GET /stages does not list."""

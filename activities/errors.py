@@ -1,0 +1,38 @@
+"""Turn client errors into Temporal activity failures.
+
+Inside an activity the clients make one attempt (``max_attempts=1``) and
+Temporal's retry policy does the backoff, so each Lever request is one
+rate-limited activity task. Permanent answers fail the activity for good; a 429
+asks Temporal to wait at least the time the service named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+from temporalio.exceptions import ApplicationError
+
+from pylever.errors import ApiError, PermanentApiError, RateLimitedError
+
+DEFAULT_RATE_LIMIT_DELAY = timedelta(seconds=1)
+
+
+@contextmanager
+def activity_errors() -> Iterator[None]:
+    try:
+        yield
+    except RateLimitedError as exc:
+        delay = (
+            timedelta(seconds=exc.retry_after)
+            if exc.retry_after is not None
+            else DEFAULT_RATE_LIMIT_DELAY
+        )
+        raise ApplicationError(
+            exc.message, type=type(exc).__name__, next_retry_delay=delay
+        ) from None
+    except PermanentApiError as exc:
+        raise ApplicationError(exc.message, type=type(exc).__name__, non_retryable=True) from None
+    except ApiError as exc:
+        raise ApplicationError(exc.message, type=type(exc).__name__) from None

@@ -1,0 +1,90 @@
+"""Py activities over the Py client (SPEC section 5)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+from temporalio import activity
+
+from activities.errors import activity_errors
+from pylever.errors import ConflictError, NotFoundError
+from pylever.models import InvitationRecord
+from pylever.py_client import Invitation, PyClient
+
+
+class FindTests(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    names: tuple[str, ...]
+
+
+class CreateInvitation(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    reference: str  # the invitation workflow's id; also the idempotency key
+    test_id: str
+    candidate_name: str
+    candidate_email: str
+
+
+def _record(invitation: Invitation) -> InvitationRecord:
+    return InvitationRecord(
+        id=invitation.id,
+        status=invitation.status,
+        score=invitation.score,
+        report_url=invitation.report_url,
+        completed_at=invitation.completed_at,
+    )
+
+
+class PyActivities:
+    def __init__(self, client: PyClient, callback_url: str) -> None:
+        self._client = client
+        self._callback_url = callback_url
+
+    @activity.defn(name="py.find_tests")
+    async def find_tests(self, req: FindTests) -> dict[str, str]:
+        """Map those of ``names`` that are Py tests to their ids (the catalogue is cached)."""
+        with activity_errors():
+            catalogue = await self._client.tests_by_name()
+            missing = [n for n in req.names if n not in catalogue]
+            if missing:
+                # A test created at Py a minute ago should not wait for the cache to expire.
+                catalogue = await self._client.tests_by_name(refresh=True)
+        return {n: catalogue[n].id for n in req.names if n in catalogue}
+
+    @activity.defn(name="py.create_invitation")
+    async def create_invitation(self, req: CreateInvitation) -> InvitationRecord:
+        with activity_errors():
+            invitation = await self._client.create_invitation(
+                test_id=req.test_id,
+                name=req.candidate_name,
+                email=req.candidate_email,
+                reference=req.reference,
+                callback_url=self._callback_url,
+                idempotency_key=req.reference,
+            )
+        return _record(invitation)
+
+    @activity.defn(name="py.get_invitation")
+    async def get_invitation(self, invitation_id: str) -> InvitationRecord:
+        with activity_errors():
+            return _record(await self._client.get_invitation(invitation_id))
+
+    @activity.defn(name="py.remind")
+    async def remind(self, invitation_id: str) -> bool:
+        """False when Py no longer reminds (the invitation finished meanwhile)."""
+        with activity_errors():
+            try:
+                await self._client.remind(invitation_id)
+            except ConflictError:
+                return False
+        return True
+
+    @activity.defn(name="py.cancel")
+    async def cancel(self, invitation_id: str) -> InvitationRecord | None:
+        """Cancel at Py. A completed invitation (409) comes back as it is; a gone one as None."""
+        with activity_errors():
+            try:
+                return _record(await self._client.cancel(invitation_id))
+            except ConflictError:
+                return _record(await self._client.get_invitation(invitation_id))
+            except NotFoundError:
+                return None

@@ -1,0 +1,460 @@
+"""The HTTP edge (SPEC section 3): Lever webhooks, Py callbacks, health, status, metrics.
+
+It verifies, validates and hands over to Temporal; it never calls Lever or Py
+inline, except the cached ``GET /stages`` that tells trigger stages apart.
+
+Run: ``python -m uvicorn api:app --host 127.0.0.1 --port 8000`` with
+``PYLEVER_CONFIG`` set. ``create_app`` builds an app for tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import math
+import re
+import sys
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from typing import Any, Literal
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from temporalio.client import Client
+from temporalio.service import RetryConfig
+
+from pylever import metrics
+from pylever.codec import codec_from_env, data_converter
+from pylever.codec_server import codec_routes
+from pylever.config import AppConfig, ConfigError, load_config
+from pylever.errors import ApiError
+from pylever.gateway import Gateway, TemporalUnavailable
+from pylever.lever_client import LeverClient
+from pylever.logs import configure_logging, log_event
+from pylever.models import AssessmentInput, InvitationRecord, PyEvent
+from pylever.settings import Settings
+from pylever.signatures import PySignatureError, verify_lever_webhook, verify_py_signature
+from pylever.triggers import TriggerMatcher, trigger_settings
+from workflows.decisions import is_invitation_reference
+
+log = logging.getLogger("pylever.api")
+
+MAX_BODY_BYTES = 1024 * 1024
+_LEVER_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+# --- errors ----------------------------------------------------------------------
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HttpError)
+    return error_response(exc.status, exc.code, exc.message)
+
+
+async def _starlette_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+async def _unexpected(_: Request, exc: Exception) -> Response:
+    log_event(log, "unexpected error", logging.ERROR, error_type=type(exc).__name__)
+    return error_response(500, "internal", "internal error")
+
+
+async def _temporal_down(_: Request, exc: Exception) -> Response:
+    log_event(log, "temporal unavailable", logging.WARNING)
+    return error_response(503, "unavailable", "Temporal is not reachable; retry later")
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """Read at most ``limit`` bytes; refuse larger bodies before buffering them."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HttpError(413, "too_large", f"body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(413, "too_large", f"body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise HttpError(400, "invalid_json", "body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise HttpError(400, "invalid_json", "body must be a JSON object")
+    return value
+
+
+# --- Py callbacks --------------------------------------------------------------------
+
+
+class _CallbackInvitation(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str
+    status: Literal["invited", "started", "completed", "expired", "cancelled"]
+    reference: str
+    score: StrictFloat | StrictInt | None = None
+    report_url: str | None = None
+    completed_at: datetime | None = None
+
+
+class _Callback(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    event: Literal["invitation.started", "invitation.completed", "invitation.expired"]
+    invitation: _CallbackInvitation
+
+
+def validate_callback(payload: Mapping[str, Any]) -> tuple[str, PyEvent]:
+    try:
+        callback = _Callback.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise HttpError(422, "invalid_callback", f"{where}: {first['msg']}") from None
+    inv = callback.invitation
+    if callback.event == "invitation.completed":
+        score = inv.score
+        if score is None or not math.isfinite(score) or not 0 <= score <= 100:
+            raise HttpError(422, "invalid_score", "a completed invitation needs a score in 0..100")
+        if not inv.report_url or not re.match(r"^https?://\S+$", inv.report_url):
+            raise HttpError(422, "invalid_report_url", "a completed invitation needs a report_url")
+    status = {
+        "invitation.started": "started",
+        "invitation.completed": "completed",
+        "invitation.expired": "expired",
+    }[callback.event]
+    record = InvitationRecord(
+        id=inv.id,
+        status=status,  # type: ignore[arg-type]
+        score=float(inv.score) if inv.score is not None and status == "completed" else None,
+        report_url=inv.report_url if status == "completed" else None,
+        completed_at=inv.completed_at,
+    )
+    return inv.reference, PyEvent(event=callback.event, invitation=record)
+
+
+# --- the app ---------------------------------------------------------------------------
+
+
+class Service:
+    """Everything the handlers need, built once per process."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        settings: Settings,
+        gateway: Gateway,
+        matchers: Mapping[str, TriggerMatcher],
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.gateway = gateway
+        self.matchers = dict(matchers)
+
+    # Lever ------------------------------------------------------------------
+
+    async def lever_webhook(self, request: Request) -> Response:
+        account_id = request.path_params["account_id"]
+        account = self.config.account(account_id)
+        if account is None:
+            return self._webhook_done(404, "unknown", "-", "not_found", "unknown account")
+        raw = await read_body(request)
+        body = parse_json_object(raw)
+        event = body.get("event") if isinstance(body.get("event"), str) else "-"
+        if not verify_lever_webhook(body, account.signature_tokens()):
+            return self._webhook_done(
+                401, account_id, event, "bad_signature", "signature missing or wrong"
+            )
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise HttpError(400, "invalid_webhook", "data must be a JSON object")
+        if not data:
+            return self._webhook_done(200, account_id, event, "verified", None, {"status": "ok"})
+        if event == "candidateStageChange":
+            return await self._stage_change(account_id, data)
+        if event in ("candidateArchiveChange", "candidateDeleted"):
+            opportunity_id = self._lever_id(data, "opportunityId")
+            if event == "candidateArchiveChange" and not data.get("toArchived"):
+                return self._ignored(account_id, event, "unarchived")
+            reason = "deleted" if event == "candidateDeleted" else "archived"
+            workflow_id = await self.gateway.withdraw_candidate(account_id, opportunity_id, reason)
+            return self._webhook_done(
+                202, account_id, event, "withdrawing", None,
+                {"status": "withdrawing", "workflow_id": workflow_id},
+                opportunity=opportunity_id,
+            )
+        return self._ignored(account_id, event, "event not acted on")
+
+    async def _stage_change(self, account_id: str, data: Mapping[str, Any]) -> Response:
+        event = "candidateStageChange"
+        opportunity_id = self._lever_id(data, "opportunityId")
+        stage_id = self._lever_id(data, "toStageId")
+        try:
+            trigger = await self.matchers[account_id].match(stage_id)
+        except ApiError as exc:
+            log_event(log, "stage lookup failed", logging.WARNING, account=account_id, error=exc.message)
+            return error_response(503, "lever_unavailable", "cannot list Lever stages; retry later")
+        if trigger is None:
+            return self._ignored(account_id, event, "not a trigger stage", opportunity_id)
+        account = self.config.account(account_id)
+        assert account is not None
+        started = await self.gateway.start_assessment(
+            AssessmentInput(
+                account_id=account_id,
+                opportunity_id=opportunity_id,
+                stage_id=stage_id,
+                settings=trigger_settings(self.config, account, trigger),
+            )
+        )
+        return self._webhook_done(
+            202, account_id, event, started.status, None,
+            {"status": started.status, "workflow_id": started.workflow_id},
+            opportunity=opportunity_id, workflow_id=started.workflow_id,
+        )
+
+    @staticmethod
+    def _lever_id(data: Mapping[str, Any], field: str) -> str:
+        value = data.get(field)
+        if not isinstance(value, str) or not _LEVER_ID.match(value):
+            raise HttpError(400, "invalid_webhook", f"data.{field} must be a Lever id")
+        return value
+
+    def _ignored(
+        self, account_id: str, event: str, reason: str, opportunity: str | None = None
+    ) -> Response:
+        return self._webhook_done(
+            200, account_id, event, "ignored", None, {"status": "ignored", "reason": reason},
+            opportunity=opportunity,
+        )
+
+    def _webhook_done(
+        self,
+        status: int,
+        account_id: str,
+        event: str,
+        outcome: str,
+        error: str | None,
+        body: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> Response:
+        metrics.WEBHOOKS.labels(account=account_id, event=_event_label(event), outcome=outcome).inc()
+        log_event(log, "lever webhook", account=account_id, lever_event=event, outcome=outcome,
+                  **{k: v for k, v in fields.items() if v is not None})
+        if error is not None:
+            code = {401: "bad_signature", 404: "unknown_account"}.get(status, outcome)
+            return error_response(status, code, error)
+        return JSONResponse(body or {}, status_code=status)
+
+    # Py ----------------------------------------------------------------------------
+
+    async def py_callback(self, request: Request) -> Response:
+        raw = await read_body(request)
+        try:
+            verify_py_signature(
+                request.headers.get("py-signature"),
+                raw,
+                self.config.py.callback_secret.get_secret_value(),
+            )
+        except PySignatureError as exc:
+            return self._callback_done(401, "bad_signature", str(exc))
+        payload = parse_json_object(raw)
+        try:
+            reference, event = validate_callback(payload)
+        except HttpError as exc:
+            return self._callback_done(exc.status, exc.code, exc.message)
+        if not is_invitation_reference(reference):
+            return self._callback_done(404, "not_found", "no such assessment")
+        outcome = await self.gateway.signal_py_event(reference, event)
+        log_fields = {"workflow_id": reference, "py_event": event.event}
+        if outcome == "not_found":
+            return self._callback_done(404, "not_found", "no such assessment", **log_fields)
+        if outcome == "finished":
+            return self._callback_done(409, "finished", "the assessment has finished", **log_fields)
+        return self._callback_done(202, "signalled", None, **log_fields)
+
+    def _callback_done(self, status: int, outcome: str, error: str | None, **fields: Any) -> Response:
+        metrics.CALLBACKS.labels(outcome=outcome).inc()
+        log_event(log, "py callback", outcome=outcome, **fields)
+        if error is not None:
+            return error_response(status, outcome, error)
+        return JSONResponse({"status": outcome, "workflow_id": fields.get("workflow_id")}, status_code=status)
+
+    # operations ------------------------------------------------------------------------
+
+    async def healthz(self, _: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, _: Request) -> Response:
+        if await self.gateway.ready():
+            return JSONResponse({"status": "ready"})
+        return error_response(503, "unavailable", "Temporal is not reachable")
+
+    async def metrics(self, _: Request) -> Response:
+        await metrics.refresh_assessment_gauge(self.gateway.client)
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    def _require_admin(self, request: Request) -> None:
+        expected = self.settings.admin_token
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if (
+            not expected
+            or scheme.lower() != "bearer"
+            or not hmac.compare_digest(token.strip().encode(), expected.encode())
+        ):
+            raise HttpError(401, "unauthorized", "a valid admin bearer token is required")
+
+    async def candidate_status(self, request: Request) -> Response:
+        self._require_admin(request)
+        account_id = request.path_params["account_id"]
+        opportunity_id = request.path_params["opportunity_id"]
+        if self.config.account(account_id) is None:
+            raise HttpError(404, "unknown_account", "unknown account")
+        if not _LEVER_ID.match(opportunity_id):
+            raise HttpError(400, "invalid_id", "not a Lever opportunity id")
+        rows = await self.gateway.candidate_assessments(account_id, opportunity_id)
+        return JSONResponse(
+            {"account_id": account_id, "opportunity_id": opportunity_id, "assessments": rows}
+        )
+
+
+def _event_label(event: str) -> str:
+    known = {
+        "candidateStageChange", "candidateArchiveChange", "candidateDeleted", "candidateHired",
+        "applicationCreated", "interviewCreated", "interviewUpdated", "interviewDeleted",
+        "contactCreated", "contactUpdated",
+    }
+    return event if event in known else "other"
+
+
+def _endpoint(name: str) -> Any:
+    """A route target that calls the ``Service`` the lifespan built."""
+
+    async def endpoint(request: Request) -> Response:
+        return await getattr(request.app.state.service, name)(request)
+
+    endpoint.__name__ = name
+    return endpoint
+
+
+def build_routes(extra: list[BaseRoute]) -> list[BaseRoute]:
+    return [
+        Route("/webhooks/lever/{account_id}", _endpoint("lever_webhook"), methods=["POST"]),
+        Route("/callbacks/py", _endpoint("py_callback"), methods=["POST"]),
+        Route("/healthz", _endpoint("healthz"), methods=["GET"]),
+        Route("/readyz", _endpoint("readyz"), methods=["GET"]),
+        Route("/metrics", _endpoint("metrics"), methods=["GET"]),
+        Route(
+            "/accounts/{account_id}/candidates/{opportunity_id}",
+            _endpoint("candidate_status"),
+            methods=["GET"],
+        ),
+        *extra,
+    ]
+
+
+async def connect_temporal(settings: Settings, converter: Any) -> Client:
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=converter,
+        lazy=True,
+        retry_config=RetryConfig(max_retries=2, initial_interval_millis=100, max_interval_millis=500),
+    )
+
+
+def create_app(
+    config: AppConfig,
+    settings: Settings,
+    *,
+    client: Client | None = None,
+    lever_clients: Mapping[str, LeverClient] | None = None,
+) -> Starlette:
+    """The ASGI app. Without ``client`` it connects (lazily) to Temporal at start-up."""
+    codec = codec_from_env({"PYLEVER_PAYLOAD_KEYS": settings.payload_keys or ""})
+    converter = data_converter(codec)
+    owned_lever = lever_clients is None
+    levers = dict(lever_clients or {
+        a.id: LeverClient(a.lever_api_url, a.lever_api_key.get_secret_value())
+        for a in config.accounts
+    })
+    matchers = {a.id: TriggerMatcher(a, levers[a.id]) for a in config.accounts}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        temporal = client or await connect_temporal(settings, converter)
+        app.state.service = Service(
+            config, settings, Gateway(temporal, settings.task_queue), matchers
+        )
+        log_event(log, "api started", accounts=[a.id for a in config.accounts])
+        try:
+            yield
+        finally:
+            if owned_lever:
+                for lever in levers.values():
+                    await lever.aclose()
+
+    codec_extra = codec_routes(
+        codec, admin_token=settings.admin_token or "", cors_origins=settings.ui_origins
+    ) if settings.admin_token else []
+    app = Starlette(
+        routes=build_routes(codec_extra),
+        lifespan=lifespan,
+        exception_handlers={
+            HttpError: _http_error,
+            HTTPException: _starlette_error,
+            TemporalUnavailable: _temporal_down,
+            Exception: _unexpected,
+        },
+    )
+    return app
+
+
+def app_from_env() -> Starlette:
+    """Build the app from the environment; a bad config stops the process with one clear line."""
+    configure_logging()
+    settings = Settings.from_env()
+    try:
+        if not settings.config_path:
+            raise ConfigError("PYLEVER_CONFIG is not set: name the configuration file")
+        config = load_config(settings.config_path)
+        return create_app(config, settings)
+    except (ConfigError, ValueError) as exc:
+        print(f"py-lever api: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def __getattr__(name: str) -> Any:
+    # ``uvicorn api:app`` builds the app on first access; importing ``api`` in tests does not.
+    if name == "app":
+        app = app_from_env()
+        globals()["app"] = app
+        return app
+    raise AttributeError(name)

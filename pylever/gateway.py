@@ -1,0 +1,232 @@
+"""What the API asks of Temporal: start assessments idempotently, signal results,
+withdraw candidates, list a candidate's assessments.
+
+Temporal being unreachable surfaces as ``TemporalUnavailable`` so the API can
+answer 503 and let Lever (or Py) retry: nothing accepted is ever dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+)
+from temporalio.common import (
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from pylever import search_attributes as sa
+from pylever.models import RERUNNABLE, AssessmentInput, PyEvent, Status, Withdrawal, WithdrawInput
+from workflows import decisions
+from workflows.assessment import AssessmentWorkflow, InvitationWorkflow
+from workflows.withdraw import WithdrawCandidateWorkflow
+
+RPC_TIMEOUT = timedelta(seconds=5)
+# Answers that mean "not now": the caller answers 503 and Lever or Py retry. This
+# includes a namespace whose search attributes no worker has registered yet.
+_NOT_NOW = {
+    RPCStatusCode.UNAVAILABLE,
+    RPCStatusCode.DEADLINE_EXCEEDED,
+    RPCStatusCode.CANCELLED,
+    RPCStatusCode.UNKNOWN,
+    RPCStatusCode.RESOURCE_EXHAUSTED,
+    RPCStatusCode.INVALID_ARGUMENT,
+    RPCStatusCode.FAILED_PRECONDITION,
+    RPCStatusCode.INTERNAL,
+}
+
+
+class TemporalUnavailable(Exception):
+    """Temporal did not answer; the caller should be told to retry later."""
+
+
+StartOutcome = Literal["started", "already_running", "already_done"]
+SignalOutcome = Literal["signalled", "not_found", "finished"]
+
+
+@dataclass(frozen=True)
+class Started:
+    status: StartOutcome
+    workflow_id: str
+
+
+def _unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, RPCError):
+        return exc.status in _NOT_NOW
+    # A lazy client that cannot connect raises RuntimeError from the core bridge.
+    return isinstance(exc, RuntimeError | ConnectionError | TimeoutError)
+
+
+class Gateway:
+    def __init__(self, client: Client, task_queue: str) -> None:
+        self.client = client
+        self.task_queue = task_queue
+
+    async def ready(self) -> bool:
+        try:
+            await self.client.workflow_service.get_system_info(
+                _system_info_request(), timeout=timedelta(seconds=2), retry=False
+            )
+        except Exception:
+            return False
+        return True
+
+    # --- assessments ----------------------------------------------------------
+
+    async def start_assessment(self, input: AssessmentInput) -> Started:
+        """Start once per (account, opportunity, stage).
+
+        Running: reused. Closed after an invitation was sent: not redone. Closed
+        without one (``not_sent``, ``error``): run again, so a recruiter can fix
+        the tag or email and move the candidate back into the stage.
+        """
+        workflow_id = decisions.assessment_workflow_id(
+            input.account_id, input.opportunity_id, input.stage_id
+        )
+        try:
+            return await self._start(input, workflow_id, WorkflowIDReusePolicy.REJECT_DUPLICATE)
+        except WorkflowAlreadyStartedError:
+            pass  # a closed run exists: look at how it ended
+        except Exception as exc:
+            raise self._translate(exc) from None
+        try:
+            previous = await self.client.get_workflow_handle(workflow_id).describe(
+                rpc_timeout=RPC_TIMEOUT
+            )
+            status = previous.typed_search_attributes.get(sa.PY_STATUS)
+            if previous.status == WorkflowExecutionStatus.COMPLETED and status not in RERUNNABLE:
+                return Started("already_done", workflow_id)
+            return await self._start(input, workflow_id, WorkflowIDReusePolicy.ALLOW_DUPLICATE)
+        except WorkflowAlreadyStartedError:
+            return Started("already_running", workflow_id)
+        except Exception as exc:
+            raise self._translate(exc) from None
+
+    async def _start(
+        self, input: AssessmentInput, workflow_id: str, reuse: WorkflowIDReusePolicy
+    ) -> Started:
+        handle: WorkflowHandle[Any, Any] = await self.client.start_workflow(
+            AssessmentWorkflow.run,
+            input,
+            id=workflow_id,
+            task_queue=self.task_queue,
+            id_reuse_policy=reuse,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=TypedSearchAttributes(
+                [
+                    sa.LEVER_ACCOUNT.value_set(input.account_id),
+                    sa.LEVER_OPPORTUNITY_ID.value_set(input.opportunity_id),
+                    sa.LEVER_STAGE_ID.value_set(input.stage_id),
+                    sa.PY_STATUS.value_set(Status.RESOLVING.value),
+                ]
+            ),
+            static_summary=f"opportunity {input.opportunity_id} · stage {input.settings.stage}",
+            rpc_timeout=RPC_TIMEOUT,
+        )
+        response = getattr(handle, "_start_workflow_response", None)
+        started = bool(getattr(response, "started", True))
+        return Started("started" if started else "already_running", workflow_id)
+
+    # --- results ---------------------------------------------------------------
+
+    async def signal_py_event(self, reference: str, event: PyEvent) -> SignalOutcome:
+        handle = self.client.get_workflow_handle(reference)
+        try:
+            await handle.signal(InvitationWorkflow.py_event, event, rpc_timeout=RPC_TIMEOUT)
+            return "signalled"
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise self._translate(exc) from None
+        except Exception as exc:
+            raise self._translate(exc) from None
+        # Not running: never existed, or finished (then a duplicate changes nothing).
+        try:
+            await handle.describe(rpc_timeout=RPC_TIMEOUT)
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return "not_found"
+            raise self._translate(exc) from None
+        except Exception as exc:
+            raise self._translate(exc) from None
+        return "finished"
+
+    # --- candidates leaving -------------------------------------------------------
+
+    async def withdraw_candidate(
+        self, account_id: str, opportunity_id: str, reason: Literal["archived", "deleted"]
+    ) -> str:
+        workflow_id = f"withdraw:{account_id}:{opportunity_id}:{reason}"
+        try:
+            await self.client.start_workflow(
+                WithdrawCandidateWorkflow.run,
+                WithdrawInput(account_id=account_id, opportunity_id=opportunity_id, reason=reason),
+                id=workflow_id,
+                task_queue=self.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                static_summary=f"opportunity {opportunity_id} · {reason} in Lever",
+                rpc_timeout=RPC_TIMEOUT,
+            )
+        except Exception as exc:
+            raise self._translate(exc) from None
+        return workflow_id
+
+    # --- status --------------------------------------------------------------------
+
+    async def candidate_assessments(self, account_id: str, opportunity_id: str) -> list[dict]:
+        """Every invitation and assessment of the candidate that Temporal still holds."""
+        query = sa.candidate_query(account_id, opportunity_id)
+        rows: list[dict] = []
+        try:
+            async for wf in self.client.list_workflows(query, rpc_timeout=RPC_TIMEOUT):
+                memo = await wf.memo()
+                details = memo.get("assessment") or {}
+                attrs = wf.typed_search_attributes
+                rows.append(
+                    {
+                        "workflow_id": wf.id,
+                        "run_id": wf.run_id,
+                        "kind": "invitation" if wf.workflow_type == "InvitationWorkflow" else "assessment",
+                        "stage_id": attrs.get(sa.LEVER_STAGE_ID),
+                        "test": attrs.get(sa.PY_TEST),
+                        "status": attrs.get(sa.PY_STATUS),
+                        "verdict": attrs.get(sa.PY_VERDICT),
+                        "score": attrs.get(sa.PY_SCORE),
+                        "invitation_id": details.get("invitation_id"),
+                        "reason": details.get("reason"),
+                        "last_error": details.get("last_error"),
+                        "sent_at": details.get("sent_at"),
+                        "next_check_at": details.get("next_check_at"),
+                        "started_at": wf.start_time.isoformat() if wf.start_time else None,
+                        "closed_at": wf.close_time.isoformat() if wf.close_time else None,
+                        "execution_status": wf.status.name.lower() if wf.status else None,
+                    }
+                )
+        except Exception as exc:
+            raise self._translate(exc) from None
+        rows.sort(key=lambda r: (r["started_at"] or "", r["workflow_id"]))
+        return rows
+
+    @staticmethod
+    def _translate(exc: BaseException) -> BaseException:
+        if _unavailable(exc):
+            return TemporalUnavailable("Temporal is not reachable")
+        return exc
+
+
+def _system_info_request() -> Any:
+    from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
+
+    return GetSystemInfoRequest()
+
+
+__all__ = ["Gateway", "Started", "TemporalUnavailable", "Withdrawal"]

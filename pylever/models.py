@@ -1,0 +1,131 @@
+"""Small typed records exchanged by the API, the workflows and the activities.
+
+They travel through Temporal with the pydantic data converter, encrypted by the
+payload codec. Keep them small: ids, not whole Lever opportunities.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Status(StrEnum):
+    """``PyStatus`` values (SPEC section 6)."""
+
+    RESOLVING = "resolving"
+    INVITED = "invited"
+    STARTED = "started"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    NOT_SENT = "not_sent"
+    ERROR = "error"
+
+
+# A closed assessment in one of these states runs again when the candidate re-enters the stage.
+RERUNNABLE = frozenset({Status.NOT_SENT, Status.ERROR})
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    NEEDS_REVIEW = "needs_review"
+
+
+class TriggerSettings(_Record):
+    """A trigger's effective settings, fixed when the assessment starts."""
+
+    stage: str  # as configured: a stage name or id
+    default_test: str | None = None
+    pass_threshold: float | None = None
+    fail_threshold: float | None = None
+    move_on_pass: str | None = None
+    move_on_fail: str | None = None
+    reminders_seconds: tuple[int, ...] = ()
+    expire_after_seconds: int
+
+
+class AssessmentInput(_Record):
+    account_id: str
+    opportunity_id: str
+    stage_id: str
+    settings: TriggerSettings
+
+
+class Candidate(_Record):
+    """What the workflow needs from a Lever opportunity (name and email are encrypted in history)."""
+
+    opportunity_id: str
+    name: str = ""
+    email: str | None = None
+    tags: tuple[str, ...] = ()
+    entered_stage: bool
+    archived: bool
+
+
+class ChosenTest(_Record):
+    id: str
+    name: str
+
+
+class InvitationInput(_Record):
+    account_id: str
+    opportunity_id: str
+    stage_id: str
+    settings: TriggerSettings
+    test: ChosenTest
+    candidate_name: str
+    candidate_email: str
+
+
+class InvitationRecord(_Record):
+    """The part of a Py invitation the workflow keeps."""
+
+    id: str
+    status: Literal["invited", "started", "completed", "expired", "cancelled"]
+    score: float | None = None
+    report_url: str | None = None
+    completed_at: datetime | None = None
+
+
+class PyEvent(_Record):
+    """A validated Py callback, as the API signals it to the invitation workflow."""
+
+    event: Literal["invitation.started", "invitation.completed", "invitation.expired"]
+    invitation: InvitationRecord
+
+
+class Withdrawal(_Record):
+    """The candidate left the process in Lever: archived, or deleted."""
+
+    reason: Literal["archived", "deleted"]
+
+
+class InvitationResult(_Record):
+    test: ChosenTest
+    status: Status
+    invitation_id: str | None = None
+    verdict: Verdict | None = None
+    score: float | None = None
+    report_url: str | None = None
+    error: str | None = None
+
+
+class AssessmentResult(_Record):
+    status: Status
+    reason: str | None = None
+    invitations: tuple[InvitationResult, ...] = Field(default_factory=tuple)
+
+
+class WithdrawInput(_Record):
+    account_id: str
+    opportunity_id: str
+    reason: Literal["archived", "deleted"]

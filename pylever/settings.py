@@ -1,0 +1,34 @@
+"""Process environment (SPEC section 1), read once at start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Settings:
+    config_path: str | None = None
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "py-lever"
+    admin_token: str | None = field(default=None, repr=False)
+    payload_keys: str | None = field(default=None, repr=False)
+    ui_origins: tuple[str, ...] = ("http://127.0.0.1:8233", "http://localhost:8233")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        origins = env.get("PYLEVER_UI_ORIGINS")
+        return cls(
+            config_path=env.get("PYLEVER_CONFIG") or None,
+            temporal_address=env.get("TEMPORAL_ADDRESS") or cls.temporal_address,
+            temporal_namespace=env.get("TEMPORAL_NAMESPACE") or cls.temporal_namespace,
+            task_queue=env.get("PYLEVER_TASK_QUEUE") or cls.task_queue,
+            admin_token=env.get("PYLEVER_ADMIN_TOKEN") or None,
+            payload_keys=env.get("PYLEVER_PAYLOAD_KEYS") or None,
+            ui_origins=tuple(o.strip() for o in origins.split(",") if o.strip())
+            if origins
+            else cls.ui_origins,
+        )

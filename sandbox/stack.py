@@ -1,0 +1,212 @@
+"""``make run``: the whole stack in the foreground; Ctrl-C stops all of it.
+
+Temporal dev server (SQLite under ``.data/``, Web UI on :8233), the Lever and Py
+sandboxes when the config points at 127.0.0.1, the worker and the API on :8000.
+Without ``PYLEVER_CONFIG`` it runs ``config/demo.toml`` with demo secrets.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pylever.codec import generate_key
+from pylever.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / ".data"
+BIN = Path(sys.executable).parent
+
+DEMO_ENV = {
+    "PY_API_KEY": "demo-py-api-key",
+    "PY_CALLBACK_SECRET": "demo-py-callback-secret",
+    "ACME_LEVER_API_KEY": "demo-lever-api-key",
+    "ACME_LEVER_STAGE_TOKEN": "demo-lever-stage-token",
+    "ACME_LEVER_ARCHIVE_TOKEN": "demo-lever-archive-token",
+    "PYLEVER_ADMIN_TOKEN": "demo-admin-token",
+}
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+
+
+def _persistent_demo_key() -> str:
+    """One payload key kept under .data/ so earlier histories stay readable across runs."""
+    path = DATA / "demo-payload-key"
+    if not path.exists():
+        path.write_text(generate_key())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+class Stack:
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        print(f"  starting {name}", flush=True)
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True)
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for name, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"  {name} did not stop in time: killing it", flush=True)
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def watch(self) -> None:
+        while True:
+            for name, proc in self.procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}")
+            time.sleep(0.5)
+
+
+def main() -> int:
+    DATA.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    demo = not env.get("PYLEVER_CONFIG")
+    if demo:
+        env["PYLEVER_CONFIG"] = str(ROOT / "config" / "demo.toml")
+        for key, value in DEMO_ENV.items():
+            env.setdefault(key, value)
+    env.setdefault("PYLEVER_PAYLOAD_KEYS", _persistent_demo_key())
+    env.setdefault("PYLEVER_ADMIN_TOKEN", secrets.token_urlsafe(24))
+    os.environ.update(env)  # for the secret references of the config below
+    try:
+        config = load_config(env["PYLEVER_CONFIG"])
+    except ConfigError as exc:
+        print(f"make run: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    api_port = int(env.get("PYLEVER_API_PORT", "8000"))
+    temporal_port, ui_port = 7233, 8233
+    env.setdefault("TEMPORAL_ADDRESS", f"127.0.0.1:{temporal_port}")
+    env.setdefault("PYLEVER_UI_ORIGINS", f"http://127.0.0.1:{ui_port},http://localhost:{ui_port}")
+
+    stack = Stack()
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        print("py-lever: starting the stack (Ctrl-C stops all of it)", flush=True)
+        temporal = stack.start(
+            "Temporal dev server",
+            [
+                str(BIN / "temporal"), "server", "start-dev",
+                "--ip", "127.0.0.1",
+                "--port", str(temporal_port),
+                "--ui-port", str(ui_port),
+                "--db-filename", str(DATA / "temporal.db"),
+                "--sqlite-pragma", "journal_mode=wal",
+                "--sqlite-pragma", "synchronous=normal",
+                "--ui-codec-endpoint", f"http://127.0.0.1:{api_port}/codec",
+                "--log-level", "warn",
+            ],
+            env,
+        )
+        sandboxes: list[str] = []
+        lever_urls = {urlparse(a.lever_api_url) for a in config.accounts}
+        for url in sorted(lever_urls, key=lambda u: u.port or 0):
+            if url.hostname in LOCAL_HOSTS and url.port:
+                account = next(a for a in config.accounts if urlparse(a.lever_api_url) == url)
+                stack.start(
+                    f"Lever sandbox :{url.port}",
+                    [
+                        sys.executable, "-m", "sandbox.lever",
+                        "--host", "127.0.0.1", "--port", str(url.port),
+                        "--webhook-url", f"http://127.0.0.1:{api_port}/webhooks/lever/{account.id}",
+                    ],
+                    {
+                        **env,
+                        "LEVER_SANDBOX_API_KEY": account.lever_api_key.get_secret_value(),
+                        "LEVER_SANDBOX_SIGNATURE_TOKEN": account.signature_tokens()[0],
+                    },
+                )
+                sandboxes.append(f"Lever sandbox    http://127.0.0.1:{url.port}  (account {account.id})")
+        py_url = urlparse(config.py.api_url)
+        if py_url.hostname in LOCAL_HOSTS and py_url.port:
+            stack.start(
+                f"Py sandbox :{py_url.port}",
+                [
+                    sys.executable, "-m", "sandbox.py",
+                    "--host", "127.0.0.1", "--port", str(py_url.port),
+                ],
+                {
+                    **env,
+                    "PY_SANDBOX_API_KEY": config.py.api_key.get_secret_value(),
+                    "PY_SANDBOX_CALLBACK_SECRET": config.py.callback_secret.get_secret_value(),
+                },
+            )
+            sandboxes.append(f"Py sandbox       http://127.0.0.1:{py_url.port}")
+        _wait_port("127.0.0.1", temporal_port, 60, temporal)
+        stack.start("worker", [sys.executable, "worker.py"], env)
+        api = stack.start(
+            "API",
+            [
+                sys.executable, "-m", "uvicorn", "api:app",
+                "--host", "127.0.0.1", "--port", str(api_port), "--no-access-log",
+            ],
+            env,
+        )
+        _wait_port("127.0.0.1", api_port, 60, api)
+        lines = [
+            "",
+            "py-lever is running:",
+            f"  API              http://127.0.0.1:{api_port}  (/healthz, /readyz, /metrics)",
+            f"  Temporal UI      http://127.0.0.1:{ui_port}  (filter: PyStatus=\"invited\")",
+            f"  Temporal gRPC    127.0.0.1:{temporal_port}",
+            *[f"  {s}" for s in sandboxes],
+            f"  config           {env['PYLEVER_CONFIG']}",
+        ]
+        if demo:
+            lines += [
+                "",
+                "Push demo candidates through (in another terminal):",
+                "  .venv/bin/python -m sandbox.demo",
+                "Status of one candidate:",
+                f"  curl -H 'Authorization: Bearer {env['PYLEVER_ADMIN_TOKEN']}' "
+                f"http://127.0.0.1:{api_port}/accounts/acme/candidates/<opportunity id>",
+            ]
+        print("\n".join(lines) + "\n", flush=True)
+        stack.watch()
+    except KeyboardInterrupt:
+        print("\npy-lever: stopping", flush=True)
+    except RuntimeError as exc:
+        print(f"py-lever: {exc}; stopping", file=sys.stderr, flush=True)
+        stack.stop()
+        return 1
+    stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Pure decisions of the assessment: no I/O, no clock, no Temporal.
+
+Which tests to send, which verdict a score earns, which Lever tags to add and
+remove, when reminders and the expiry fall, how ids are spelled. The workflows
+call these; the unit tests call them directly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pylever.models import ChosenTest, InvitationResult, Status, TriggerSettings, Verdict
+
+TAG_INVITED = "Py - Invited"
+TAG_STARTED = "Py - Started"
+TAG_PASS = "Py - Pass"
+TAG_FAIL = "Py - Fail"
+TAG_NEEDS_REVIEW = "Py - Needs Review"
+TAG_EXPIRED = "Py - Expired"
+TAG_NO_TEST = "Py - No Test Configured"
+TAG_NO_EMAIL = "Py - Error: No Email"
+TAG_INVITE_FAILED = "Py - Error: Invite Failed"
+
+VERDICT_TAGS = {
+    Verdict.PASS: TAG_PASS,
+    Verdict.FAIL: TAG_FAIL,
+    Verdict.NEEDS_REVIEW: TAG_NEEDS_REVIEW,
+}
+IN_PROGRESS_TAGS = (TAG_INVITED, TAG_STARTED)
+
+WORKFLOW_ID_PREFIX = "assessment"
+
+
+# --- ids ---------------------------------------------------------------------
+
+
+def assessment_workflow_id(account_id: str, opportunity_id: str, stage_id: str) -> str:
+    return f"{WORKFLOW_ID_PREFIX}:{account_id}:{opportunity_id}:{stage_id}"
+
+
+def invitation_workflow_id(assessment_id: str, test_id: str) -> str:
+    """The child's id; also the Py ``reference`` and the invitation's idempotency key."""
+    return f"{assessment_id}:{test_id}"
+
+
+_REFERENCE = re.compile(rf"{WORKFLOW_ID_PREFIX}:[^:\s]+:[^:\s]+:[^:\s]+:[^:\s]+")
+
+
+def is_invitation_reference(reference: str) -> bool:
+    return len(reference) <= 400 and bool(_REFERENCE.fullmatch(reference))
+
+
+def lever_task_queue(base_queue: str, account_id: str) -> str:
+    """Lever activities of one account run on their own, rate-limited task queue."""
+    return f"{base_queue}-lever-{account_id}"
+
+
+# --- test choice ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Choice:
+    tests: tuple[ChosenTest, ...] = ()
+    reason: str | None = None  # why nothing is sent
+
+
+def names_to_look_up(candidate_tags: Iterable[str], default_test: str | None) -> list[str]:
+    """The names worth asking Py about: every candidate tag, and the default test."""
+    names = [t for t in dict.fromkeys(candidate_tags) if t and not t.startswith("Py - ")]
+    if default_test and default_test not in names:
+        names.append(default_test)
+    return names
+
+
+def choose_tests(
+    candidate_tags: Sequence[str],
+    py_tests: Mapping[str, str],
+    default_test: str | None,
+) -> Choice:
+    """Candidate tags equal to a Py test name (exact, case-sensitive) win; else the default.
+
+    ``py_tests`` maps Py test names to ids.
+    """
+    tagged = [ChosenTest(id=py_tests[t], name=t) for t in dict.fromkeys(candidate_tags) if t in py_tests]
+    if tagged:
+        return Choice(tests=tuple(tagged))
+    if default_test is None:
+        return Choice(reason="no candidate tag names a Py test and the stage has no default test")
+    if default_test not in py_tests:
+        return Choice(reason=f"the default test {default_test!r} does not exist at Py")
+    return Choice(tests=(ChosenTest(id=py_tests[default_test], name=default_test),))
+
+
+# --- verdict -------------------------------------------------------------------
+
+
+def verdict_for(score: float, pass_threshold: float | None, fail_threshold: float | None) -> Verdict:
+    """``Pass`` at or above pass, ``Fail`` at or below fail, else ``Needs Review``."""
+    if pass_threshold is not None and score >= pass_threshold:
+        return Verdict.PASS
+    if fail_threshold is not None and score <= fail_threshold:
+        return Verdict.FAIL
+    return Verdict.NEEDS_REVIEW
+
+
+def move_target(verdict: Verdict, settings: TriggerSettings) -> str | None:
+    if verdict is Verdict.PASS:
+        return settings.move_on_pass
+    if verdict is Verdict.FAIL:
+        return settings.move_on_fail
+    return None
+
+
+# --- tags ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TagChange:
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = field(default_factory=tuple)
+
+
+def tags_on_result(verdict: Verdict) -> TagChange:
+    return TagChange(add=(VERDICT_TAGS[verdict],), remove=IN_PROGRESS_TAGS)
+
+
+def tags_on_expiry() -> TagChange:
+    return TagChange(add=(TAG_EXPIRED,), remove=IN_PROGRESS_TAGS)
+
+
+def tags_on_withdrawal(reason: str) -> TagChange:
+    """Archived: clear the in-progress tags. Deleted: write nothing to the candidate."""
+    if reason == "deleted":
+        return TagChange()
+    return TagChange(remove=IN_PROGRESS_TAGS)
+
+
+# --- time ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    at_seconds: int  # after the invitation was sent
+    kind: str  # "reminder" | "expiry"
+
+
+def checkpoints(reminders_seconds: Iterable[int], expire_after_seconds: int) -> list[Checkpoint]:
+    """Reminders before the expiry, in order, without repeats; the expiry last."""
+    reminders = sorted({r for r in reminders_seconds if 0 < r < expire_after_seconds})
+    return [Checkpoint(r, "reminder") for r in reminders] + [
+        Checkpoint(expire_after_seconds, "expiry")
+    ]
+
+
+# --- outcome -------------------------------------------------------------------
+
+
+def overall_status(results: Sequence[InvitationResult]) -> Status:
+    """The parent's status from its invitations': the most advanced one speaks for all."""
+    if not results:
+        return Status.NOT_SENT
+    order = [
+        Status.COMPLETED,
+        Status.STARTED,
+        Status.INVITED,
+        Status.EXPIRED,
+        Status.CANCELLED,
+        Status.ERROR,
+        Status.NOT_SENT,
+    ]
+    present = {r.status for r in results}
+    for status in order:
+        if status in present:
+            return status
+    return results[0].status
+
+
+def summary(
+    candidate: str, test: str | None, status: Status, verdict: Verdict | None = None
+) -> str:
+    """The line the Temporal UI shows for a workflow (encrypted in history by the codec)."""
+    parts = [candidate or "(unnamed candidate)"]
+    if test:
+        parts.append(test)
+    parts.append(status.value if verdict is None else f"{status.value} ({verdict.value})")
+    return " · ".join(parts)

@@ -17,6 +17,7 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.common import (
+    SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
@@ -123,10 +124,10 @@ class Gateway:
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             search_attributes=TypedSearchAttributes(
                 [
-                    sa.LEVER_ACCOUNT.value_set(input.account_id),
-                    sa.LEVER_OPPORTUNITY_ID.value_set(input.opportunity_id),
-                    sa.LEVER_STAGE_ID.value_set(input.stage_id),
-                    sa.PY_STATUS.value_set(Status.RESOLVING.value),
+                    SearchAttributePair(sa.LEVER_ACCOUNT, input.account_id),
+                    SearchAttributePair(sa.LEVER_OPPORTUNITY_ID, input.opportunity_id),
+                    SearchAttributePair(sa.LEVER_STAGE_ID, input.stage_id),
+                    SearchAttributePair(sa.PY_STATUS, Status.RESOLVING.value),
                 ]
             ),
             static_summary=f"opportunity {input.opportunity_id} · stage {input.settings.stage}",

@@ -80,7 +80,8 @@ def show(label: str, tags: list[str]) -> None:
 async def tour(demo: Demo, fast: bool) -> None:
     print("1. Ada enters 'Py Assessment' (default test Python Basics), scores 92 -> Pass")
     ada = await demo.candidate("Ada Lovelace", "ada@example.com", [])
-    print(f"   webhook answered {await demo.move(ada, 'Py Assessment')}")
+    hook = await demo.move(ada, "Py Assessment")
+    print(f"   webhook answered {hook['status']} {hook['body']}")
     show("after the webhook", await demo.wait_tag(ada, "Py - Invited"))
     invitation = await demo.invitation_for(ada)
     await demo.complete(invitation["id"], 92)
@@ -102,7 +103,8 @@ async def tour(demo: Demo, fast: bool) -> None:
 
     print("4. Edsger enters 'Phone screen', not a trigger stage")
     edsger = await demo.candidate("Edsger Dijkstra", "edsger@example.com", [])
-    print(f"   webhook answered {await demo.move(edsger, 'Phone screen')}")
+    hook = await demo.move(edsger, "Phone screen")
+    print(f"   webhook answered {hook['status']} {hook['body']}")
 
     print("5. Barbara enters 'Technical Screen' (reminder after 20 s, expiry after 40 s) and never finishes")
     barbara = await demo.candidate("Barbara Liskov", "barbara@example.com", [])

@@ -85,7 +85,10 @@ class Stack:
                 proc.wait()
 
     def watch(self) -> None:
+        parent = os.getppid()
         while True:
+            if os.getppid() != parent:  # make (or the terminal) went away without Ctrl-C
+                raise KeyboardInterrupt
             for name, proc in self.procs:
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode}")
@@ -115,7 +118,8 @@ def main() -> int:
     env.setdefault("PYLEVER_UI_ORIGINS", f"http://127.0.0.1:{ui_port},http://localhost:{ui_port}")
 
     stack = Stack()
-    signal.signal(signal.SIGTERM, _interrupt)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)  # also when started with SIGINT ignored (e.g. from &)
     try:
         print("py-lever: starting the stack (Ctrl-C stops all of it)", flush=True)
         temporal = stack.start(

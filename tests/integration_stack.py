@@ -28,7 +28,7 @@ from pylever.models import AssessmentResult
 from pylever.settings import Settings
 from sandbox.lever import PY_ASSESSMENT_STAGE_ID, TECHNICAL_SCREEN_STAGE_ID, LeverSandbox
 from sandbox.py import PySandbox
-from tests.temporal_harness import TEMPORAL_BIN
+from tests.temporal_harness import start_dev_server
 from worker import build_workers, external_clients, register_search_attributes
 
 T = TypeVar("T")
@@ -203,19 +203,24 @@ class Stack:
             await asyncio.sleep(0.1)
 
 
+EnvFactory = Callable[..., Awaitable[WorkflowEnvironment]]
+
+
 @contextlib.asynccontextmanager
-async def running_stack(task_queue: str = "py-lever-it") -> AsyncIterator[Stack]:
+async def running_stack(
+    task_queue: str = "py-lever-it",
+    *,
+    start_env: EnvFactory = start_dev_server,
+    api_client: Callable[[WorkflowEnvironment], Client] | None = None,
+) -> AsyncIterator[Stack]:
+    """The whole stack. ``start_env`` may be ``start_time_skipping`` (lifecycle tests);
+    ``api_client`` picks the client the API starts workflows with (default ``env.client``)."""
     from api import create_app  # the API module builds nothing at import
 
     codec = AesGcmCodec([PAYLOAD_KEY])
     converter = data_converter(codec)
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(TEMPORAL_BIN),
-        data_converter=converter,
-        dev_server_extra_args=[
-            "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
-        ],
-    )
+    # No search attributes up front: the worker registers them, as in production.
+    env = await start_env(data_converter=converter, search_attributes=())
     servers = Servers()
     try:
         client = env.client
@@ -251,7 +256,8 @@ async def running_stack(task_queue: str = "py-lever-it") -> AsyncIterator[Stack]
             admin_token=ADMIN_TOKEN,
             payload_keys=base64.b64encode(PAYLOAD_KEY).decode(),
         )
-        await servers.serve(create_app(config, settings, client=client), api_port)
+        api_temporal = api_client(env) if api_client else client
+        await servers.serve(create_app(config, settings, client=api_temporal), api_port)
         async with external_clients(config) as (levers, py_client):
             workers = build_workers(
                 client, config, task_queue, levers, py_client,

@@ -25,7 +25,7 @@ from temporalio.api.operatorservice.v1 import (
     ListSearchAttributesRequest,
 )
 from temporalio.client import Client
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
@@ -33,12 +33,14 @@ from activities.lever import LeverActivities
 from activities.py import PyActivities
 from activities.temporal_ops import TemporalActivities
 from pylever import search_attributes as sa
+from pylever.checks import log_check_problems
 from pylever.codec import codec_from_env, data_converter
 from pylever.config import AppConfig, ConfigError, load_config
 from pylever.lever_client import LeverClient
 from pylever.logs import configure_logging, log_event
 from pylever.py_client import PyClient
 from pylever.settings import Settings
+from pylever.worker_metrics import serve_worker_metrics
 from workflows.assessment import AssessmentWorkflow, InvitationWorkflow
 from workflows.decisions import lever_task_queue
 from workflows.withdraw import WithdrawCandidateWorkflow
@@ -164,10 +166,15 @@ async def connect(settings: Settings, converter: object, runtime: Runtime | None
 
 
 def _runtime() -> Runtime | None:
-    address = os.environ.get("PYLEVER_WORKER_METRICS_ADDRESS")
-    if not address:
+    """With ``PYLEVER_WORKER_METRICS_ADDRESS``: one /metrics for py-lever's and the SDK's metrics."""
+    try:
+        exporter = serve_worker_metrics(os.environ)
+    except OSError as exc:  # the port is taken, or the address is not ours
+        raise ValueError(f"PYLEVER_WORKER_METRICS_ADDRESS: cannot serve metrics: {exc}") from None
+    if exporter is None:
         return None
-    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
+    log_event(log, "serving metrics", address=f"{exporter.address[0]}:{exporter.address[1]}")
+    return exporter.runtime
 
 
 async def main() -> int:
@@ -178,11 +185,12 @@ async def main() -> int:
             raise ConfigError("PYLEVER_CONFIG is not set: name the configuration file")
         config = load_config(settings.config_path)
         codec = codec_from_env({"PYLEVER_PAYLOAD_KEYS": settings.payload_keys or ""})
+        runtime = _runtime()
     except (ConfigError, ValueError) as exc:
         print(f"py-lever worker: configuration error: {exc}", file=sys.stderr)
         return 2
 
-    client = await connect(settings, data_converter(codec), _runtime())
+    client = await connect(settings, data_converter(codec), runtime)
     added = await register_search_attributes(client)
     if added:
         log_event(log, "registered search attributes", names=added)
@@ -201,7 +209,10 @@ async def main() -> int:
                 log, "worker started",
                 task_queue=settings.task_queue, accounts=[a.id for a in config.accounts],
             )
+            # Config vs. Lever and Py (as `cli.py check`): problems are warnings, not fatal.
+            checks = asyncio.create_task(log_check_problems(config, log))
             await stop.wait()
+            checks.cancel()
             log_event(log, "worker stopping")
     return 0
 

@@ -6,10 +6,14 @@ as ``GET /opportunities/{id}``, never one with a real id or a query string.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
-from temporalio.client import Client
+
+if TYPE_CHECKING:  # importing temporalio.client costs half a second (cli.py imports this)
+    from temporalio.client import Client
 
 EXTERNAL_CALLS = Counter(
     "pylever_external_calls",
@@ -47,17 +51,23 @@ ASSESSMENT_STATUSES = (
 
 
 async def refresh_assessment_gauge(client: Client) -> None:
-    """Count invitation workflows per status across every worker, from Temporal visibility."""
-    try:
+    """Count invitation workflows per status across every worker, from Temporal visibility.
+
+    One count per status: Temporal visibility supports ``GROUP BY`` on
+    ``ExecutionStatus`` only ("GROUP BY ... PyStatus" is refused). A status
+    whose count fails keeps its last value: metrics answer even when Temporal does not.
+    """
+
+    async def count(status: str) -> int:
         result = await client.count_workflows(
-            "WorkflowType = 'InvitationWorkflow' GROUP BY PyStatus",
+            f"WorkflowType = 'InvitationWorkflow' AND PyStatus = '{status}'",
             rpc_timeout=timedelta(seconds=2),
         )
-    except Exception:  # metrics must answer even when Temporal does not
-        return
-    counts = {status: 0 for status in ASSESSMENT_STATUSES}
-    for group in result.groups:
-        if group.group_values and isinstance(group.group_values[0], str):
-            counts[group.group_values[0]] = group.count
-    for status, count in counts.items():
-        ASSESSMENTS.labels(status=status).set(count)
+        return result.count
+
+    counts = await asyncio.gather(
+        *(count(status) for status in ASSESSMENT_STATUSES), return_exceptions=True
+    )
+    for status, counted in zip(ASSESSMENT_STATUSES, counts, strict=True):
+        if isinstance(counted, int):
+            ASSESSMENTS.labels(status=status).set(counted)

@@ -65,6 +65,7 @@ class LeverActivities:
             tags=tuple(opp.tags),
             entered_stage=opp.entered_stage(req.stage_id),
             archived=opp.is_archived,
+            stage_entries=sum(1 for c in opp.stageChanges if c.toStageId == req.stage_id),
         )
 
     @activity.defn(name="lever.add_tags")

@@ -22,6 +22,7 @@ class CreateInvitation(BaseModel):
     test_id: str
     candidate_name: str
     candidate_email: str
+    idempotency_key: str | None = None  # default: the reference (decisions.idempotency_key)
 
 
 def _record(invitation: Invitation) -> InvitationRecord:
@@ -59,7 +60,7 @@ class PyActivities:
                 email=req.candidate_email,
                 reference=req.reference,
                 callback_url=self._callback_url,
-                idempotency_key=req.reference,
+                idempotency_key=req.idempotency_key or req.reference,
             )
         return _record(invitation)
 

@@ -86,9 +86,16 @@ class Gateway:
     async def start_assessment(self, input: AssessmentInput) -> Started:
         """Start once per (account, opportunity, stage).
 
-        Running: reused. Closed after an invitation was sent: not redone. Closed
-        without one (``not_sent``, ``error``): run again, so a recruiter can fix
-        the tag or email and move the candidate back into the stage.
+        Running: reused. Closed with a result (``completed``, ``expired``): not
+        redone. Closed without one (``not_sent``, ``error``): run again, so a
+        recruiter can fix the tag or email and move the candidate back into the
+        stage. Closed ``cancelled`` (archived or deleted in Lever, or cancelled at
+        Py): run again too (``models.RERUNNABLE``), so a candidate who is
+        un-archived and moved back into the stage gets a new invitation. The new
+        run's Py idempotency key counts the entries into the stage
+        (``decisions.idempotency_key``): a real re-entry gets a new invitation,
+        while a re-delivered old webhook gets the cancelled invitation back from
+        Py and ends ``cancelled`` again, sending nothing.
         """
         workflow_id = decisions.assessment_workflow_id(
             input.account_id, input.opportunity_id, input.stage_id

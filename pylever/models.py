@@ -31,7 +31,11 @@ class Status(StrEnum):
 
 
 # A closed assessment in one of these states runs again when the candidate re-enters the stage.
-RERUNNABLE = frozenset({Status.NOT_SENT, Status.ERROR})
+# ``cancelled`` (archived or deleted in Lever, or cancelled at Py) is one: a recruiter who
+# un-archives a candidate and moves them back expects a new invitation. Py's idempotency key
+# counts the entries into the stage (``decisions.idempotency_key``), so only a real re-entry
+# gets a new invitation; a re-delivered old webhook gets the cancelled one back.
+RERUNNABLE = frozenset({Status.NOT_SENT, Status.ERROR, Status.CANCELLED})
 
 
 class Verdict(StrEnum):
@@ -69,6 +73,7 @@ class Candidate(_Record):
     tags: tuple[str, ...] = ()
     entered_stage: bool
     archived: bool
+    stage_entries: int = 1  # how many times it entered the stage (Lever's stageChanges)
 
 
 class ChosenTest(_Record):
@@ -84,6 +89,7 @@ class InvitationInput(_Record):
     test: ChosenTest
     candidate_name: str
     candidate_email: str
+    stage_entry: int = 1  # which entry into the stage this is: part of Py's idempotency key
 
 
 class InvitationRecord(_Record):

@@ -65,6 +65,15 @@ class Demo:
             await asyncio.sleep(0.5)
         raise RuntimeError(f"no invitation for {opportunity_id} after {within:.0f}s")
 
+    async def wait_reminders(self, opportunity_id: str, count: int, within: float = 60) -> dict:
+        """The candidate's invitation once Py has sent ``count`` reminders (or at the deadline)."""
+        deadline = time.monotonic() + within
+        while True:
+            invitation = await self.invitation_for(opportunity_id)
+            if invitation.get("reminders", 0) >= count or time.monotonic() > deadline:
+                return invitation
+            await asyncio.sleep(0.5)
+
     async def complete(self, invitation_id: str, score: float) -> None:
         r = await self.http.post(
             f"{self.py}/_sandbox/invitations/{invitation_id}/complete", json={"score": score}
@@ -113,11 +122,15 @@ async def tour(demo: Demo, fast: bool) -> None:
     if fast:
         print("   (--fast: not waiting for the expiry)")
     else:
-        print("   waiting about 45 s for the reminder and the expiry ...", flush=True)
+        print("   waiting about 20 s for the reminder ...", flush=True)
+        invitation = await demo.wait_reminders(barbara, 1)
+        print(f"   Py invitation: status {invitation['status']}, reminders sent: "
+              f"{invitation['reminders']}")
+        print("   waiting about 20 s more for the expiry ...", flush=True)
         show("after expire_after", await demo.wait_tag(barbara, "Py - Expired", within=90))
         invitation = await demo.invitation_for(barbara)
         print(f"   Py invitation: status {invitation['status']}, reminders sent: "
-              f"{invitation.get('reminders', invitation.get('reminder_count'))}")
+              f"{invitation['reminders']}")
     print("\nOpen the Temporal UI at http://127.0.0.1:8233 to see every assessment.")
 
 

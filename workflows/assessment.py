@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         AssessmentInput,
         AssessmentResult,
         Candidate,
+        ChosenTest,
         InvitationInput,
         InvitationRecord,
         InvitationResult,
@@ -45,6 +46,7 @@ EXTERNAL_RETRY = RetryPolicy(
 )
 START_TO_CLOSE = timedelta(seconds=30)
 SCHEDULE_TO_CLOSE = timedelta(days=1)
+_FINISHED_AT_PY = ("completed", "expired", "cancelled")  # nothing more will happen at Py
 
 
 def _error_message(exc: BaseException) -> str:
@@ -128,11 +130,21 @@ class InvitationWorkflow:
         self._error: str | None = None
         self._sent_at: datetime | None = None
         self._next_check: datetime | None = None
+        self._early_events: list[PyEvent] = []  # callbacks before the invitation id was known
 
     # --- signals and queries -------------------------------------------------
 
     @workflow.signal(name="py_event")
     def py_event(self, event: PyEvent) -> None:
+        # The reference (this workflow's id) outlives a run: after a re-entry a late
+        # callback about the previous run's invitation reaches this run. Until the
+        # invitation's id is known, keep events; then ignore those about another one.
+        if self._invitation_id is None:
+            self._early_events.append(event)
+            return
+        if event.invitation.id != self._invitation_id:
+            workflow.logger.info("ignored a callback about another invitation")
+            return
         if event.event == "invitation.started":
             self._started_seen = True
         elif self._final is None:
@@ -173,6 +185,9 @@ class InvitationWorkflow:
                     test_id=input.test.id,
                     candidate_name=input.candidate_name,
                     candidate_email=input.candidate_email,
+                    idempotency_key=decisions.idempotency_key(
+                        workflow.info().workflow_id, input.stage_entry
+                    ),
                 ),
             )
         except ActivityError as exc:
@@ -184,6 +199,9 @@ class InvitationWorkflow:
 
         self._invitation_id = invitation.id
         self._sent_at = workflow.now()
+        for event in self._early_events:
+            self.py_event(event)
+        self._early_events.clear()
         try:
             if invitation.status in ("completed", "expired", "cancelled"):
                 # The same idempotency key again (a re-run): Py already holds the outcome.
@@ -231,20 +249,25 @@ class InvitationWorkflow:
 
             # The checkpoint is due: ask Py first (a lost callback is recovered here).
             current = await _py(PyActivities.get_invitation, invitation_id)
-            if current.status in ("completed", "expired", "cancelled"):
+            if current.status in _FINISHED_AT_PY:
                 self._take(current)
                 return
-            if current.status == "started":
-                self._started_seen = True
-                if self._started_pending():
-                    await self._tag_started(lever)
-            if checkpoint.kind == "reminder":
-                if not self._settled():
-                    await _py(PyActivities.remind, invitation_id)
-                continue
-            # Expiry: cancel at Py unless a result arrived meanwhile.
-            if self._settled():
+            if self._settled():  # a callback or a withdrawal arrived while we asked
                 return
+            if checkpoint.kind == "reminder":
+                if current.status == "started" or self._started_seen:
+                    # Started: tag it (its callback may have been lost); no reminder.
+                    self._started_seen = True
+                    if self._started_pending():
+                        await self._tag_started(lever)
+                elif not await _py(PyActivities.remind, invitation_id):
+                    # Py refused (409): the invitation finished between the two calls.
+                    current = await _py(PyActivities.get_invitation, invitation_id)
+                    if current.status in _FINISHED_AT_PY:
+                        self._take(current)
+                        return
+                continue
+            # Expiry: cancel at Py (a result that arrived meanwhile wins, see _take).
             cancelled = await _py(PyActivities.cancel, invitation_id)
             if cancelled is not None and cancelled.status == "completed":
                 self._take(cancelled)
@@ -302,9 +325,21 @@ class InvitationWorkflow:
             self._set_status(Status.CANCELLED)
 
     async def _withdraw(self, lever: _LeverOps) -> None:
+        """Cancel at Py; archived: clear the in-progress tags; deleted: write nothing.
+
+        A candidate who completed just before (Py answers the cancel with 409, the
+        callback not yet in) keeps the result: it is applied as in ``_finish``
+        (verdict and report for an archived candidate, no stage move; nothing
+        written for a deleted one).
+        """
         assert self._withdrawal is not None
         if self._invitation_id is not None:
-            await _py(PyActivities.cancel, self._invitation_id)
+            at_py = await _py(PyActivities.cancel, self._invitation_id)
+            if at_py is not None and at_py.status == "completed":
+                self._take(at_py)
+            if self._final is not None and self._final.status == "completed":
+                await self._finish(lever)
+                return
         await lever.change_tags(decisions.tags_on_withdrawal(self._withdrawal.reason))
         self._set_status(Status.CANCELLED)
 
@@ -371,6 +406,7 @@ class AssessmentWorkflow:
         self._input = input
         self._withdrawal: Withdrawal | None = None
         self._children: list[workflow.ChildWorkflowHandle] = []
+        self._told: set[str] = set()  # children already sent the withdrawal
         self._status = Status.RESOLVING
         self._reason: str | None = None
 
@@ -379,9 +415,19 @@ class AssessmentWorkflow:
         if self._withdrawal is not None:
             return
         self._withdrawal = withdrawal
+        await self._forward_withdrawal()
+
+    async def _forward_withdrawal(self) -> None:
+        """Tell every started child, once. ``run`` calls it too after each child starts:
+        a withdrawal that arrives while a child's start is pending is not lost."""
+        if self._withdrawal is None:
+            return
         for child in list(self._children):
+            if child.id in self._told:
+                continue
+            self._told.add(child.id)
             try:
-                await child.signal(InvitationWorkflow.withdraw, withdrawal)
+                await child.signal(InvitationWorkflow.withdraw, self._withdrawal)
             except Exception:  # the child has finished already
                 pass
 
@@ -429,7 +475,10 @@ class AssessmentWorkflow:
             return self._end(Status.CANCELLED, f"candidate {self._withdrawal.reason}")
 
         parent_id = workflow.info().workflow_id
+        started: list[ChosenTest] = []
         for test in choice.tests:
+            if self._withdrawal is not None:
+                break  # withdrawn while starting: start no more children
             child_id = decisions.invitation_workflow_id(parent_id, test.id)
             handle = await workflow.start_child_workflow(
                 InvitationWorkflow.run,
@@ -441,18 +490,24 @@ class AssessmentWorkflow:
                     test=test,
                     candidate_name=candidate.name,
                     candidate_email=candidate.email,
+                    stage_entry=candidate.stage_entries,
                 ),
                 id=child_id,
                 static_summary=decisions.summary(candidate.name, test.name, Status.RESOLVING),
             )
             self._children.append(handle)
+            started.append(test)
+            await self._forward_withdrawal()
+        if not started:
+            assert self._withdrawal is not None
+            return self._end(Status.CANCELLED, f"candidate {self._withdrawal.reason}")
         self._set_status(Status.INVITED)
         outcomes = await asyncio.gather(*self._children, return_exceptions=True)
         results = [
             outcome
             if isinstance(outcome, InvitationResult)
             else InvitationResult(test=test, status=Status.ERROR, error=_error_message(outcome))
-            for test, outcome in zip(choice.tests, outcomes, strict=True)
+            for test, outcome in zip(started, outcomes, strict=True)
         ]
         return self._end(decisions.overall_status(results), None, tuple(results))
 

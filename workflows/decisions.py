@@ -45,6 +45,18 @@ def invitation_workflow_id(assessment_id: str, test_id: str) -> str:
     return f"{assessment_id}:{test_id}"
 
 
+def idempotency_key(reference: str, stage_entry: int) -> str:
+    """Py's ``Idempotency-Key`` for an invitation: one invitation per entry into the stage.
+
+    The first entry uses the reference (the child's workflow id) as it is; the n-th
+    entry (n >= 2: the candidate left the stage and came back, and the previous
+    assessment may run again, see ``models.RERUNNABLE``) appends ``#n``. Retries
+    and re-delivered webhooks of the same entry keep the key, so Py answers with
+    the same invitation.
+    """
+    return reference if stage_entry <= 1 else f"{reference}#{stage_entry}"
+
+
 _REFERENCE = re.compile(rf"{WORKFLOW_ID_PREFIX}:[^:\s]+:[^:\s]+:[^:\s]+:[^:\s]+")
 
 

@@ -4,6 +4,15 @@ Each running assessment is told why (``withdraw`` signal): it cancels its Py
 invitations and, for an archived candidate, clears the in-progress tags; a
 deleted candidate gets no tag writes. For a deleted candidate, every execution
 that holds its data is then deleted from Temporal.
+
+This workflow's own execution is kept (until the namespace's retention removes
+it): it is the record that the deletion was carried out (its result is the
+number of executions deleted). It holds no candidate data: its input, activity
+arguments and results, and the ids it signals are Lever and Temporal ids only
+(account, opportunity, workflow ids), never a name, email, tag or score. It
+carries no ``LeverOpportunityId`` search attribute (``Gateway.withdraw_candidate``
+sets none), so a candidate query (``LeverOpportunityId = "..."``, the status
+endpoint) finds nothing once the candidate's executions are deleted.
 """
 
 from __future__ import annotations

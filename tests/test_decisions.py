@@ -7,6 +7,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from pylever.models import ChosenTest, InvitationResult, Status, TriggerSettings, Verdict
+from workflows import decisions
 from workflows.decisions import (
     IN_PROGRESS_TAGS,
     TAG_EXPIRED,
@@ -391,3 +392,14 @@ def test_summary():
         == "Ada Lovelace · SQL · completed (pass)"
     )
     assert summary("", None, Status.RESOLVING) == "(unnamed candidate) · resolving"
+
+
+def test_stale_tags_are_the_outcomes_of_runs_without_a_result() -> None:
+    assert decisions.stale_tags(["Algorithms", decisions.TAG_NO_EMAIL, decisions.TAG_PASS]) == (
+        decisions.TAG_NO_EMAIL,
+    )
+    assert decisions.stale_tags([decisions.TAG_INVITE_FAILED, decisions.TAG_NO_TEST]) == (
+        decisions.TAG_NO_TEST,
+        decisions.TAG_INVITE_FAILED,
+    )
+    assert decisions.stale_tags(["Python Basics", decisions.TAG_INVITED]) == ()

@@ -203,6 +203,7 @@ async def test_no_test_configured_then_the_recruiter_fixes_the_tag(stack: Stack)
     second = await stack.result(workflow_id)  # the latest run
     assert second.status == Status.COMPLETED
     assert verdict_tags(stack.tags(opp)) == {TAG_PASS}  # 75 >= the trigger's 70
+    assert TAG_NO_TEST not in stack.tags(opp)  # the first run's outcome no longer holds
     rerun = await describe(stack, workflow_id)
     assert rerun is not None and rerun.run_id != run.run_id
 
@@ -226,6 +227,8 @@ async def test_no_email_is_tagged_then_the_recruiter_adds_one(stack: Stack) -> N
     assert back.body == {"status": "started", "workflow_id": workflow_id}
     invitation = await stack.invitation(opp)
     assert invitation["candidate"]["email"] == "no.mail@example.com"
+    tags = await stack.wait_tag(opp, TAG_INVITED)
+    assert TAG_NO_EMAIL not in tags
 
 
 async def test_py_refusing_the_invitation_is_tagged_with_the_reason(stack: Stack) -> None:

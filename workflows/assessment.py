@@ -474,6 +474,12 @@ class AssessmentWorkflow:
         if self._withdrawal is not None:
             return self._end(Status.CANCELLED, f"candidate {self._withdrawal.reason}")
 
+        stale = decisions.stale_tags(candidate.tags)
+        if stale:
+            # A re-run after "No Test Configured", "No Email", ...: that tag is no longer true.
+            # (No Lever call when there is nothing to clear, which is the usual case.)
+            await lever.change_tags(decisions.TagChange(remove=stale))
+
         parent_id = workflow.info().workflow_id
         started: list[ChosenTest] = []
         for test in choice.tests:

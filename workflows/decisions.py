@@ -138,6 +138,17 @@ def tags_on_result(verdict: Verdict) -> TagChange:
     return TagChange(add=(VERDICT_TAGS[verdict],), remove=IN_PROGRESS_TAGS)
 
 
+# Tags of an earlier run that ended without an invitation (SPEC section 6: such a run is
+# redone when the candidate re-enters the stage) or was withdrawn and then expired.
+OUTCOME_OF_A_RUN_WITHOUT_RESULT = (TAG_NO_TEST, TAG_NO_EMAIL, TAG_INVITE_FAILED, TAG_EXPIRED)
+
+
+def stale_tags(candidate_tags: Iterable[str]) -> tuple[str, ...]:
+    """Tags left by an earlier run that an invitation now being sent makes untrue."""
+    present = set(candidate_tags)
+    return tuple(t for t in OUTCOME_OF_A_RUN_WITHOUT_RESULT if t in present)
+
+
 def tags_on_expiry() -> TagChange:
     return TagChange(add=(TAG_EXPIRED,), remove=IN_PROGRESS_TAGS)
 

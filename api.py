@@ -86,7 +86,8 @@ async def _temporal_down(_: Request, exc: Exception) -> Response:
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """Read at most ``limit`` bytes; refuse larger bodies before buffering them."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    # isascii: str.isdigit() is also true for "²" or "١", which int() may refuse.
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise HttpError(413, "too_large", f"body over {limit} bytes")
     chunks: list[bytes] = []
     size = 0
@@ -102,10 +103,23 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# A JSON escape of a UTF-16 surrogate ("\ud800"); paired ones decode to one character.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A JSON object in strict UTF-8 (RFC 8259), without lone surrogates; else 400.
+
+    Lone surrogates (``"\\ud800"``) are legal JSON escapes but cannot be encoded
+    again: they would fail later in an HMAC, a Temporal payload or a log line.
+    Deep nesting fails in the C decoder as RecursionError, also a 400.
+    """
     try:
-        value = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        text = raw.decode("utf-8")
+        value = json.loads(text, parse_constant=_reject_constant)
+        if _SURROGATE_ESCAPE.search(text):
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeError, RecursionError):
         raise HttpError(400, "invalid_json", "body is not valid JSON") from None
     if not isinstance(value, dict):
         raise HttpError(400, "invalid_json", "body must be a JSON object")
@@ -143,7 +157,8 @@ def validate_callback(payload: Mapping[str, Any]) -> tuple[str, PyEvent]:
         score = inv.score
         if score is None or not math.isfinite(score) or not 0 <= score <= 100:
             raise HttpError(422, "invalid_score", "a completed invitation needs a score in 0..100")
-        if not inv.report_url or not re.match(r"^https?://\S+$", inv.report_url):
+        # fullmatch: "$" would also accept a trailing newline.
+        if not inv.report_url or not re.fullmatch(r"https?://\S+", inv.report_url):
             raise HttpError(422, "invalid_report_url", "a completed invitation needs a report_url")
     status = {
         "invitation.started": "started",
@@ -265,8 +280,8 @@ class Service:
         **fields: Any,
     ) -> Response:
         metrics.WEBHOOKS.labels(account=account_id, event=_event_label(event), outcome=outcome).inc()
-        log_event(log, "lever webhook", account=account_id, lever_event=event, outcome=outcome,
-                  **{k: v for k, v in fields.items() if v is not None})
+        log_event(log, "lever webhook", account=account_id, lever_event=_loggable(event),
+                  outcome=outcome, **{k: v for k, v in fields.items() if v is not None})
         if error is not None:
             code = {401: "bad_signature", 404: "unknown_account"}.get(status, outcome)
             return error_response(status, code, error)
@@ -292,7 +307,11 @@ class Service:
         if not is_invitation_reference(reference):
             return self._callback_done(404, "not_found", "no such assessment")
         outcome = await self.gateway.signal_py_event(reference, event)
-        log_fields = {"workflow_id": reference, "py_event": event.event}
+        # The reference is "assessment:<account>:<opportunity>:<stage>:<test>" (checked above):
+        # log who it concerns, so on-call can follow one candidate across webhook and callback.
+        _, account_id, opportunity_id, *_ = reference.split(":")
+        log_fields = {"account": account_id, "opportunity": opportunity_id,
+                      "workflow_id": reference, "py_event": event.event}
         if outcome == "not_found":
             return self._callback_done(404, "not_found", "no such assessment", **log_fields)
         if outcome == "finished":
@@ -343,6 +362,14 @@ class Service:
         return JSONResponse(
             {"account_id": account_id, "opportunity_id": opportunity_id, "assessments": rows}
         )
+
+
+def _loggable(event: str) -> str:
+    """The event name as sent, for the log: unsigned senders choose it, so it is bounded
+    and, unless plainly printable (no U+2028, U+0085, controls), quoted with repr."""
+    if len(event) <= 64 and event.isprintable():
+        return event
+    return repr(event[:64])
 
 
 def _event_label(event: str) -> str:

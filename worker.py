@@ -217,5 +217,19 @@ async def main() -> int:
     return 0
 
 
+def _exit(code: int) -> None:
+    """Exit without interpreter teardown once everything is shut down.
+
+    The SDK's Rust threads can outlive ``asyncio.run`` and touch the GIL while
+    CPython finalizes: "Fatal Python error: PyGILState_Release ... finalizing",
+    SIGABRT, after a clean graceful shutdown (temporalio/sdk-python#300; seen in
+    about one SIGTERM in ten here). ``os._exit`` keeps the exit code honest.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    _exit(asyncio.run(main()))

@@ -1,5 +1,9 @@
 """Turn client errors into Temporal activity failures.
 
+The failure message is the error's summary (service, endpoint, status, code);
+the service's own words, which may echo a candidate's name or email, go into
+the failure's details, which the payload codec encrypts.
+
 Inside an activity the clients make one attempt (``max_attempts=1``) and
 Temporal's retry policy does the backoff, so each Lever request is one
 rate-limited activity task. Permanent answers fail the activity for good; a 429
@@ -30,9 +34,11 @@ def activity_errors() -> Iterator[None]:
             else DEFAULT_RATE_LIMIT_DELAY
         )
         raise ApplicationError(
-            exc.message, type=type(exc).__name__, next_retry_delay=delay
+            exc.summary, exc.message, type=type(exc).__name__, next_retry_delay=delay
         ) from None
     except PermanentApiError as exc:
-        raise ApplicationError(exc.message, type=type(exc).__name__, non_retryable=True) from None
+        raise ApplicationError(
+            exc.summary, exc.message, type=type(exc).__name__, non_retryable=True
+        ) from None
     except ApiError as exc:
-        raise ApplicationError(exc.message, type=type(exc).__name__) from None
+        raise ApplicationError(exc.summary, exc.message, type=type(exc).__name__) from None

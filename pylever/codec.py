@@ -208,16 +208,21 @@ def codec_from_env(environ: Mapping[str, str] = os.environ) -> AesGcmCodec:
 
 
 def data_converter(
-    codec: PayloadCodec | None, *, encode_failure_attributes: bool = False
+    codec: PayloadCodec | None, *, encode_failure_attributes: bool | None = None
 ) -> DataConverter:
     """The pydantic data converter with ``codec`` as payload codec (None: no encryption).
 
     Use the same converter on every client, worker and Replayer. Failure messages
-    and stack traces are not payloads and stay readable unless
-    ``encode_failure_attributes`` is true (then they go through the codec too, and
-    the Web UI shows them only through the codec endpoint): never put a
-    candidate's name or email in an exception message either way.
+    and stack traces are not payloads: they are encrypted too when
+    ``encode_failure_attributes`` is true, which is the default whenever there is
+    a codec, because an external service's error text can echo candidate data
+    (Py's 422 quoting an email). History then says "Encoded failure"; the Web UI
+    and ``temporal --codec-endpoint`` show the message through the codec endpoint.
+    Any converter reads both forms, so mixed deployments and old histories work.
+    Still, never put a candidate's name or email in an exception message.
     """
+    if encode_failure_attributes is None:
+        encode_failure_attributes = codec is not None
     converter = dataclasses.replace(pydantic_data_converter, payload_codec=codec)
     if encode_failure_attributes:
         converter = dataclasses.replace(

@@ -16,31 +16,75 @@ The ``temporal`` CLI uses them with
 The Web UI sends an ``Authorization`` header only when its own login (OIDC) is
 enabled and ``TEMPORAL_CODEC_PASS_ACCESS_TOKEN`` is true, and then it sends the
 UI's access token, not the admin token.
+
+Operators in the Web UI: a browser session instead of the bearer token
+------------------------------------------------------------------------
+``GET /codec/login`` is a small form where the operator pastes the admin token;
+``POST /codec/login`` checks it and sets the session cookie ``pylever_codec``
+(HMAC-SHA256 over its expiry with a key derived from the admin token; HttpOnly,
+SameSite=Lax, Path=/codec, ``Secure`` on https, 8 hours by default), which
+``/codec/decode`` and ``/codec/encode`` accept instead of the bearer token.
+``POST /codec/logout`` clears it. Changing the admin token ends every session.
+
+The browser sends the cookie with the UI's codec requests only when
+
+- the UI includes credentials. In the UI (2.54): the "Codec Server" dialog (the
+  glasses icon in the top bar) -> "Use my browser setting and ignore Cluster-level
+  setting", endpoint ``http://127.0.0.1:8000/codec``, "Include cross-origin
+  credentials" on, Apply; it is kept in the browser's localStorage. The
+  ``temporalio/ui`` image sets it for everyone with
+  ``TEMPORAL_CODEC_INCLUDE_CREDENTIALS=true``; ``temporal server start-dev`` has no
+  flag for it (only ``--ui-codec-endpoint``), so ``make run`` needs those clicks;
+- the UI origin is in ``PYLEVER_UI_ORIGINS`` (CORS with credentials);
+- the UI and the API are the same *site* (SameSite=Lax): ``127.0.0.1:8233`` and
+  ``127.0.0.1:8000`` are, ``localhost:8233`` and ``127.0.0.1:8000`` are not;
+  in production serve both under one registrable domain, over https.
+
+Cookie-authenticated codec requests must be ``application/json`` (a cross-site
+form cannot send that without a CORS preflight) and, when the browser names an
+``Origin``, come from a UI origin or the API itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from html import escape
 from typing import Any
+from urllib.parse import parse_qs
 
 from google.protobuf import json_format
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 from temporalio.api.common.v1 import Payloads
 from temporalio.converter import PayloadCodec
 
 from pylever.codec import CodecError
 
-__all__ = ["CODEC_PATH", "MAX_BODY_BYTES", "codec_routes"]
+__all__ = [
+    "CODEC_PATH",
+    "MAX_BODY_BYTES",
+    "SESSION_COOKIE",
+    "SESSION_TTL",
+    "CodecSessions",
+    "codec_routes",
+]
 
 CODEC_PATH = "/codec"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 # The Web UI also sends Authorization-Extras (its ID token) when it passes its access token.
 ALLOWED_HEADERS = ("Authorization", "Authorization-Extras", "Content-Type", "X-Namespace")
+SESSION_COOKIE = "pylever_codec"
+SESSION_TTL = timedelta(hours=8)
+LOGIN_BODY_BYTES = 8 * 1024
+_SESSION_KEY_LABEL = b"py-lever codec session v1"
 
 
 def _error(status: int, code: str, message: str, **headers: str) -> JSONResponse:
@@ -57,10 +101,56 @@ def _bearer_ok(request: Request, expected: bytes) -> bool:
     return hmac.compare_digest(token.strip().encode("utf-8", errors="replace"), expected)
 
 
+class CodecSessions:
+    """Stateless browser sessions: ``v1.<expiry>.<nonce>.<hex HMAC>``.
+
+    The HMAC key is derived from the admin token, so a new token ends every
+    session; the cookie holds no secret and nothing about the operator.
+    """
+
+    def __init__(
+        self, admin_token: str, ttl: timedelta = SESSION_TTL, clock: Callable[[], float] = time.time
+    ) -> None:
+        if not admin_token:
+            raise ValueError("sessions need a non-empty admin token")
+        self._key = hmac.new(
+            admin_token.encode("utf-8"), _SESSION_KEY_LABEL, hashlib.sha256
+        ).digest()
+        self.ttl_seconds = int(ttl.total_seconds())
+        if self.ttl_seconds <= 0:
+            raise ValueError("the session lifetime must be positive")
+        self._clock = clock
+
+    def _mac(self, body: str) -> str:
+        return hmac.new(self._key, body.encode("ascii"), hashlib.sha256).hexdigest()
+
+    def issue(self) -> tuple[str, int]:
+        """A new cookie value and its expiry (unix seconds)."""
+        expires = int(self._clock()) + self.ttl_seconds
+        body = f"v1.{expires}.{secrets.token_urlsafe(12)}"
+        return f"{body}.{self._mac(body)}", expires
+
+    def expiry(self, value: str | None) -> int | None:
+        """The expiry of a genuine, unexpired cookie value; None for anything else."""
+        if not value or len(value) > 200 or not value.isascii():
+            return None
+        parts = value.split(".")
+        if len(parts) != 4 or parts[0] != "v1":
+            return None
+        version, expires, nonce, mac = parts
+        if not hmac.compare_digest(self._mac(f"{version}.{expires}.{nonce}"), mac):
+            return None
+        if not expires.isdigit() or len(expires) > 12:
+            return None
+        if int(expires) <= self._clock():
+            return None
+        return int(expires)
+
+
 def _parse_payloads(raw: bytes) -> Payloads | JSONResponse:
     try:
         body: Any = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, int digits
         return _error(400, "bad_request", "body is not valid JSON")
     if not isinstance(body, dict) or not isinstance(body.get("payloads"), list):
         return _error(400, "bad_request", 'body must be {"payloads": [...]}')
@@ -77,27 +167,214 @@ def _parse_payloads(raw: bytes) -> Payloads | JSONResponse:
         )
 
 
-def codec_routes(
-    codec: PayloadCodec, *, admin_token: str, cors_origins: Sequence[str]
+# --- the operator's browser session -----------------------------------------------
+
+_HTML_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    # not no-referrer: with it Chrome sends "Origin: null" on the form POST, which we refuse
+    "Referrer-Policy": "same-origin",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>py-lever codec sign-in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font:15px/1.5 system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem}}
+input[type=password]{{width:100%;padding:.4rem;font:inherit}}button{{padding:.4rem 1rem;font:inherit}}
+.err{{color:#b00020}}code{{background:#f3f3f3;padding:0 .2rem}}</style></head>
+<body><h1>py-lever codec</h1>{body}
+<h2>Temporal Web UI</h2>
+<p>Open the UI's <b>Codec Server</b> settings (the glasses icon in the top bar), choose
+<b>Use my browser setting and ignore Cluster-level setting</b>, set the endpoint to
+<code>{endpoint}</code>, turn on <b>Include cross-origin credentials</b>, Apply, and reload
+the workflow page. The UI must be on the same site as this endpoint (same host name).</p>
+</body></html>
+"""
+
+_FORM = """{error}<form method="post" action="login">
+<p><label for="token">Admin token (<code>PYLEVER_ADMIN_TOKEN</code>)</label><br>
+<input id="token" name="token" type="password" autocomplete="current-password" required autofocus></p>
+<p><button type="submit">Sign in</button></p></form>"""
+
+_SIGNED_IN = """<p>Signed in: the Temporal UI in this browser can decode payloads until
+<b>{until}</b> UTC.</p><form method="post" action="logout"><button type="submit">Sign out</button></form>"""
+
+
+def _is_json(request: Request) -> bool:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() == (
+        "application/json"
+    )
+
+
+def _own_origin(request: Request) -> str:
+    return f"{request.url.scheme}://{request.url.netloc}"
+
+
+def _origin_ok(request: Request, origins: Sequence[str]) -> bool:
+    """No ``Origin`` (not a browser, or a same-origin GET), ours, or a configured UI origin."""
+    origin = request.headers.get("origin")
+    return origin is None or origin == _own_origin(request) or origin in origins
+
+
+def _cookie_path(request: Request) -> str:
+    """The codec mount's path, e.g. ``/codec`` (also behind a path prefix)."""
+    return request.url.path.rsplit("/", 1)[0] or "/"
+
+
+async def _read_limited(request: Request, limit: int) -> bytes | None:
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        return None
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw.extend(chunk)
+        if len(raw) > limit:
+            return None
+    return bytes(raw)
+
+
+def _login_token(raw: bytes, as_json: bool) -> str | None:
+    if as_json:
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            return None
+        token = body.get("token") if isinstance(body, dict) else None
+        return token if isinstance(token, str) else None
+    try:
+        fields = parse_qs(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=10)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    values = fields.get("token") or [None]
+    return values[0]
+
+
+def _session_routes(
+    sessions: CodecSessions, expected: bytes, origins: Sequence[str]
 ) -> list[BaseRoute]:
-    """Routes serving ``POST /codec/decode`` and ``POST /codec/encode`` (with CORS)."""
+    def page(request: Request, body: str, status: int = 200) -> HTMLResponse:
+        endpoint = f"{_own_origin(request)}{_cookie_path(request)}"
+        return HTMLResponse(
+            _PAGE.format(body=body, endpoint=escape(endpoint)),
+            status_code=status,
+            headers=_HTML_HEADERS,
+        )
+
+    def form(request: Request, error: str = "", status: int = 200) -> HTMLResponse:
+        note = f'<p class="err">{escape(error)}</p>' if error else ""
+        return page(request, _FORM.format(error=note), status)
+
+    async def login_page(request: Request) -> Response:
+        expires = sessions.expiry(request.cookies.get(SESSION_COOKIE))
+        if expires is None:
+            return form(request)
+        until = datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%d %H:%M")
+        return page(request, _SIGNED_IN.format(until=until))
+
+    async def login(request: Request) -> Response:
+        as_json = _is_json(request)
+        if not _origin_ok(request, origins):
+            return _error(403, "forbidden_origin", "sign in from the API's own login page")
+        raw = await _read_limited(request, LOGIN_BODY_BYTES)
+        if raw is None:
+            return _error(413, "payload_too_large", f"body over {LOGIN_BODY_BYTES} bytes")
+        token = _login_token(raw, as_json)
+        given = (token or "").strip().encode("utf-8", errors="replace")
+        if not given or not hmac.compare_digest(given, expected):
+            if as_json:
+                return _error(401, "unauthorized", "wrong admin token")
+            return form(request, "That is not the admin token.", 401)
+        value, expires = sessions.issue()
+        response: Response
+        if as_json:
+            response = JSONResponse(
+                {
+                    "status": "signed_in",
+                    "expires_at": datetime.fromtimestamp(expires, UTC).isoformat(),
+                },
+                headers={"Cache-Control": "no-store"},
+            )
+        else:
+            response = RedirectResponse("login", status_code=303)
+        response.set_cookie(
+            SESSION_COOKIE,
+            value,
+            max_age=sessions.ttl_seconds,
+            path=_cookie_path(request),
+            secure=request.url.scheme == "https",
+            httponly=True,
+            samesite="lax",
+        )
+        return response
+
+    async def logout(request: Request) -> Response:
+        if not _origin_ok(request, origins):
+            return _error(403, "forbidden_origin", "sign out from the API's own login page")
+        response: Response = (
+            JSONResponse({"status": "signed_out"}, headers={"Cache-Control": "no-store"})
+            if _is_json(request) or "application/json" in request.headers.get("accept", "")
+            else RedirectResponse("login", status_code=303)
+        )
+        response.delete_cookie(
+            SESSION_COOKIE,
+            path=_cookie_path(request),
+            secure=request.url.scheme == "https",
+            httponly=True,
+            samesite="lax",
+        )
+        return response
+
+    return [
+        Route("/login", login_page, methods=["GET"], name="codec_login_page"),
+        Route("/login", login, methods=["POST"], name="codec_login"),
+        Route("/logout", logout, methods=["POST"], name="codec_logout"),
+    ]
+
+
+def _unauthorized() -> JSONResponse:
+    return _error(
+        401,
+        "unauthorized",
+        "missing or wrong bearer token (operators: sign in at /codec/login)",
+        **{"WWW-Authenticate": "Bearer"},
+    )
+
+
+def codec_routes(
+    codec: PayloadCodec,
+    *,
+    admin_token: str,
+    cors_origins: Sequence[str],
+    session_ttl: timedelta = SESSION_TTL,
+    clock: Callable[[], float] = time.time,
+) -> list[BaseRoute]:
+    """Routes serving ``POST /codec/decode`` and ``POST /codec/encode`` (with CORS), and the
+    operator's browser session: ``GET``/``POST /codec/login``, ``POST /codec/logout``."""
     if not admin_token:
         raise ValueError("codec endpoints need a non-empty admin token")
     if isinstance(cors_origins, str):
         raise TypeError("cors_origins must be a sequence of origins, not a single string")
     expected = admin_token.encode("utf-8")
+    origins = tuple(cors_origins)
+    sessions = CodecSessions(admin_token, session_ttl, clock)
 
     def endpoint(operation: str):
         async def handle(request: Request) -> Response:
             if not _bearer_ok(request, expected):
-                return _error(
-                    401,
-                    "unauthorized",
-                    "missing or wrong bearer token",
-                    **{"WWW-Authenticate": "Bearer"},
-                )
+                if sessions.expiry(request.cookies.get(SESSION_COOKIE)) is None:
+                    return _unauthorized()
+                # Cookie only: a browser request. JSON forces a CORS preflight cross-origin.
+                if not _origin_ok(request, origins):
+                    return _error(403, "forbidden_origin", "origin not allowed")
+                if not _is_json(request):
+                    return _error(415, "unsupported_media_type", "send application/json")
             declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
                 return _error(413, "payload_too_large", f"body over {MAX_BODY_BYTES} bytes")
             raw = bytearray()
             async for chunk in request.stream():
@@ -126,6 +403,7 @@ def codec_routes(
         routes=[
             Route("/decode", endpoint("decode"), methods=["POST"]),
             Route("/encode", endpoint("encode"), methods=["POST"]),
+            *_session_routes(sessions, expected, origins),
         ]
     )
     app = CORSMiddleware(

@@ -19,12 +19,16 @@ class ApiError(Exception):
         service: str = "",
         status: int | None = None,
         code: str | None = None,
+        summary: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.service = service
         self.status = status
         self.code = code
+        # The message without the service's own words (which may echo candidate data):
+        # what logs and workflow failure messages carry.
+        self.summary = summary or message
 
 
 class PermanentApiError(ApiError):

@@ -304,19 +304,19 @@ class ApiTransport:
         code, message = _error_details(response)
         code = self._scrub(code) if code else None
         message = self._scrub(message) if message else None
-        text = f"{self.service} {endpoint} -> {status}"
+        summary = f"{self.service} {endpoint} -> {status}"
         if code:
-            text += f" {code}"
-        if message:
-            text += f": {message}"
+            summary += f" {code}"
         if not code and not message:
-            text += f" {response.reason_phrase}".rstrip()
+            summary += f" {response.reason_phrase}".rstrip()
+        text = f"{summary}: {message}" if message else summary
         cls = error_class(status)
         if cls is RateLimitedError:
             return RateLimitedError(
-                text, retry_after=retry_after, service=self.service, status=status, code=code
+                text, retry_after=retry_after, service=self.service, status=status, code=code,
+                summary=summary,
             )
-        return cls(text, service=self.service, status=status, code=code)
+        return cls(text, service=self.service, status=status, code=code, summary=summary)
 
     def _decode(self, endpoint: str, response: httpx.Response, unwrap: bool) -> Any:
         body: Any = None

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+_LINE_BREAKS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
@@ -33,7 +34,9 @@ class JsonFormatter(logging.Formatter):
             entry["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
         # Redact the rendered line, so nested values and objects are covered too;
         # "[email]" cannot break the JSON it replaces a part of.
-        return redact(json.dumps(entry, default=str, ensure_ascii=False))
+        line = redact(json.dumps(entry, default=str, ensure_ascii=False))
+        # Characters that line-splitting readers treat as line ends stay escaped.
+        return line.translate(_LINE_BREAKS)
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -59,6 +59,8 @@ def verify_lever_webhook(body: Mapping[str, Any], signature_tokens: Iterable[str
         return False
     try:
         given = signature.encode("ascii")
+        # A token or time with a lone surrogate cannot be signed: not a delivery from Lever.
+        f"{token}{triggered_at}".encode()
     except UnicodeEncodeError:
         return False
     matched = False

@@ -132,6 +132,10 @@ def main() -> int:
                 "--db-filename", str(DATA / "temporal.db"),
                 "--sqlite-pragma", "journal_mode=wal",
                 "--sqlite-pragma", "synchronous=normal",
+                # One partition per task queue, as deploy/dynamicconfig sets: the server
+                # splits a queue's rate limit between partitions (the Lever queue sags).
+                "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
+                "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
                 "--ui-codec-endpoint", f"http://127.0.0.1:{api_port}/codec",
                 "--log-level", "warn",
             ],
@@ -187,6 +191,8 @@ def main() -> int:
             "py-lever is running:",
             f"  API              http://127.0.0.1:{api_port}  (/healthz, /readyz, /metrics)",
             f"  Temporal UI      http://127.0.0.1:{ui_port}  (filter: PyStatus=\"invited\")",
+            f"  payloads in UI   sign in at http://127.0.0.1:{api_port}/codec/login with the admin"
+            " token (use 127.0.0.1, not localhost)",
             f"  Temporal gRPC    127.0.0.1:{temporal_port}",
             *[f"  {s}" for s in sandboxes],
             f"  config           {env['PYLEVER_CONFIG']}",

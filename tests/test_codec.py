@@ -272,8 +272,16 @@ async def test_data_converter_end_to_end_with_pydantic_model():
 
 async def test_data_converter_can_encode_failure_messages():
     codec = AesGcmCodec([KEY_A])
-    assert not isinstance(
+    # on by default with a codec (failure messages can echo candidate data), off without one
+    assert isinstance(
         data_converter(codec).failure_converter, DefaultFailureConverterWithEncodedAttributes
+    )
+    assert not isinstance(
+        data_converter(None).failure_converter, DefaultFailureConverterWithEncodedAttributes
+    )
+    assert not isinstance(
+        data_converter(codec, encode_failure_attributes=False).failure_converter,
+        DefaultFailureConverterWithEncodedAttributes,
     )
     converter = data_converter(codec, encode_failure_attributes=True)
     assert isinstance(converter.failure_converter, DefaultFailureConverterWithEncodedAttributes)

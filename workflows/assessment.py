@@ -44,7 +44,7 @@ EXTERNAL_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=5),
     non_retryable_error_types=PERMANENT_ERRORS,
 )
-START_TO_CLOSE = timedelta(seconds=30)
+START_TO_CLOSE = timedelta(seconds=15)  # the clients time out after 10 s
 SCHEDULE_TO_CLOSE = timedelta(days=1)
 _FINISHED_AT_PY = ("completed", "expired", "cancelled")  # nothing more will happen at Py
 

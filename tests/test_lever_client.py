@@ -25,12 +25,8 @@ from pylever.lever_client import LeverClient, Opportunity, Stage
 BASE = "https://lever.test/v1"
 
 
-def _samples_dir() -> Path:
-    beside_repo = Path(__file__).resolve().parents[2] / "shared" / "lever-samples"
-    return beside_repo if beside_repo.is_dir() else Path("/work/shared/lever-samples")
-
-
-SAMPLES = _samples_dir()
+# Real Lever payloads (copied from ../shared/lever-samples; sources in SOURCES.md there).
+SAMPLES = Path(__file__).resolve().parent / "fixtures" / "lever-samples"
 
 
 def sample(name: str) -> Any:

@@ -22,7 +22,12 @@ from pylever.signatures import (
     verify_py_signature,
 )
 
-LEVER_SAMPLE = Path("/work/shared/lever-samples/webhook-candidateStageChange.docs.json")
+LEVER_SAMPLE = (
+    Path(__file__).resolve().parent
+    / "fixtures"
+    / "lever-samples"
+    / "webhook-candidateStageChange.docs.json"
+)
 
 STAGE_TOKEN = "stage-signature-token-for-tests"
 ARCHIVE_TOKEN = "archive-signature-token-for-tests"

@@ -33,7 +33,7 @@ from temporalio.service import RetryConfig
 from pylever import metrics
 from pylever.codec import codec_from_env, data_converter
 from pylever.codec_server import codec_routes
-from pylever.config import AppConfig, ConfigError, load_config
+from pylever.config import AppConfig, load_config_or_exit
 from pylever.errors import ApiError
 from pylever.gateway import Gateway, TemporalUnavailable
 from pylever.lever_client import LeverClient
@@ -468,12 +468,10 @@ def app_from_env() -> Starlette:
     """Build the app from the environment; a bad config stops the process with one clear line."""
     configure_logging()
     settings = Settings.from_env()
+    config = load_config_or_exit(settings.config_path, "api")
     try:
-        if not settings.config_path:
-            raise ConfigError("PYLEVER_CONFIG is not set: name the configuration file")
-        config = load_config(settings.config_path)
         return create_app(config, settings)
-    except (ConfigError, ValueError) as exc:
+    except ValueError as exc:  # PYLEVER_PAYLOAD_KEYS
         print(f"py-lever api: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -35,7 +35,7 @@ from activities.temporal_ops import TemporalActivities
 from pylever import search_attributes as sa
 from pylever.checks import log_check_problems
 from pylever.codec import codec_from_env, data_converter
-from pylever.config import AppConfig, ConfigError, load_config
+from pylever.config import AppConfig, load_config_or_exit
 from pylever.lever_client import LeverClient
 from pylever.logs import configure_logging, log_event
 from pylever.py_client import PyClient
@@ -181,12 +181,12 @@ async def main() -> int:
     configure_logging()
     settings = Settings.from_env()
     try:
-        if not settings.config_path:
-            raise ConfigError("PYLEVER_CONFIG is not set: name the configuration file")
-        config = load_config(settings.config_path)
+        config = load_config_or_exit(settings.config_path, "worker")
         codec = codec_from_env({"PYLEVER_PAYLOAD_KEYS": settings.payload_keys or ""})
         runtime = _runtime()
-    except (ConfigError, ValueError) as exc:
+    except SystemExit as exc:
+        return int(exc.code or 2)
+    except ValueError as exc:  # PYLEVER_PAYLOAD_KEYS, PYLEVER_WORKER_METRICS_ADDRESS
         print(f"py-lever worker: configuration error: {exc}", file=sys.stderr)
         return 2
 

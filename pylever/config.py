@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
@@ -337,6 +338,17 @@ def load_config(path: str | os.PathLike[str]) -> AppConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return parse_config(data, source=str(path))
+
+
+def load_config_or_exit(path: str | None, process: str) -> AppConfig:
+    """For a process starting up: the config, or one clear line on stderr and exit 2."""
+    try:
+        if not path:
+            raise ConfigError("PYLEVER_CONFIG is not set: name the configuration file")
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"py-lever {process}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def load_config_from_env(environ: Mapping[str, str] | None = None) -> AppConfig:

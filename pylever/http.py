@@ -361,3 +361,21 @@ def _scalar(value: Any) -> str | None:
     if isinstance(value, str | int | float) and not isinstance(value, bool) and str(value):
         return str(value)
     return None
+
+
+class ApiClient:
+    """What the Lever and Py clients share: an ``ApiTransport``, closing, a safe repr."""
+
+    _http: ApiTransport
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._http!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

@@ -12,14 +12,14 @@ import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pylever.errors import UnknownStageError
-from pylever.http import ApiTransport, Params, Sleep
+from pylever.http import ApiClient, ApiTransport, Params, Sleep
 from pylever.ratelimit import TokenBucket, bucket_for, bucket_key
 
 LEVER_API_URL = "https://api.lever.co/v1"
@@ -105,7 +105,7 @@ class Opportunity(_LeverModel):
 # --- client ------------------------------------------------------------------
 
 
-class LeverClient:
+class LeverClient(ApiClient):
     """``async with LeverClient(base_url, api_key) as lever: ...``
 
     ``api_key`` is required (it has a default only so ``base_url`` can keep its
@@ -149,18 +149,6 @@ class LeverClient:
         self._stages: dict[str, Stage] | None = None  # by id, in Lever's order
         self._stages_at = 0.0
         self._stages_lock = asyncio.Lock()
-
-    def __repr__(self) -> str:
-        return f"LeverClient({self._http!r})"
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     # --- stages --------------------------------------------------------------
 

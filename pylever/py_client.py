@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime
-from typing import Any, Literal, Self
+from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from pylever.http import ApiTransport, BearerAuth, Sleep
+from pylever.http import ApiClient, ApiTransport, BearerAuth, Sleep
 
 SERVICE = "Py"
 
@@ -53,7 +53,7 @@ class _TestPage(_PyModel):
     next_cursor: str | None = None
 
 
-class PyClient:
+class PyClient(ApiClient):
     """``async with PyClient(base_url, api_key) as py: ...`` (Bearer auth, paths under /v1)."""
 
     def __init__(
@@ -83,18 +83,6 @@ class PyClient:
         self._tests: dict[str, PyTest] | None = None
         self._tests_at = 0.0
         self._tests_lock = asyncio.Lock()
-
-    def __repr__(self) -> str:
-        return f"PyClient({self._http!r})"
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     # --- tests ---------------------------------------------------------------
 

@@ -84,25 +84,20 @@ TEMPORAL_BIN: str = find_temporal_bin()
 
 # ---------------------------------------------------------------- search attributes
 
-# The custom search attributes of SPEC section 6. The harness passes them to every
-# dev server it starts (`--search-attribute Name=Type`), so workflows can upsert
-# them and visibility queries can filter on them.
-LEVER_ACCOUNT = SearchAttributeKey.for_keyword("LeverAccount")
-LEVER_OPPORTUNITY_ID = SearchAttributeKey.for_keyword("LeverOpportunityId")
-LEVER_STAGE_ID = SearchAttributeKey.for_keyword("LeverStageId")
-PY_TEST = SearchAttributeKey.for_keyword("PyTest")
-PY_STATUS = SearchAttributeKey.for_keyword("PyStatus")
-PY_VERDICT = SearchAttributeKey.for_keyword("PyVerdict")
-PY_SCORE = SearchAttributeKey.for_float("PyScore")  # Double
-
-SEARCH_ATTRIBUTES: tuple[SearchAttributeKey[Any], ...] = (
+# The custom search attributes of SPEC section 6, as the app defines them. The harness
+# passes them to every dev server it starts (`--search-attribute Name=Type`), so
+# workflows can upsert them and visibility queries can filter on them.
+from pylever.search_attributes import (  # noqa: E402
+    ALL as SEARCH_ATTRIBUTES,
+)
+from pylever.search_attributes import (  # noqa: E402,F401
     LEVER_ACCOUNT,
     LEVER_OPPORTUNITY_ID,
     LEVER_STAGE_ID,
-    PY_TEST,
-    PY_STATUS,
-    PY_VERDICT,
     PY_SCORE,
+    PY_STATUS,
+    PY_TEST,
+    PY_VERDICT,
 )
 
 

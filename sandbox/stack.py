@@ -3,6 +3,9 @@
 Temporal dev server (SQLite under ``.data/``, Web UI on :8233), the Lever and Py
 sandboxes when the config points at 127.0.0.1, the worker and the API on :8000.
 Without ``PYLEVER_CONFIG`` it runs ``config/demo.toml`` with demo secrets.
+Ports and the data folder can be moved (tests do): ``PYLEVER_API_PORT`` (8000),
+``PYLEVER_TEMPORAL_PORT`` (7233), ``PYLEVER_UI_PORT`` (8233), ``PYLEVER_DATA_DIR``
+(``.data``); the sandboxes listen where the config's URLs point.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ DEMO_ENV = {
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
 
-def _persistent_demo_key() -> str:
+def _persistent_demo_key(data: Path) -> str:
     """One payload key kept under .data/ so earlier histories stay readable across runs."""
-    path = DATA / "demo-payload-key"
+    path = data / "demo-payload-key"
     if not path.exists():
         path.write_text(generate_key())
         path.chmod(0o600)
@@ -96,14 +99,15 @@ class Stack:
 
 
 def main() -> int:
-    DATA.mkdir(exist_ok=True)
     env = dict(os.environ)
+    data = Path(env.get("PYLEVER_DATA_DIR") or DATA)
+    data.mkdir(parents=True, exist_ok=True)
     demo = not env.get("PYLEVER_CONFIG")
     if demo:
         env["PYLEVER_CONFIG"] = str(ROOT / "config" / "demo.toml")
         for key, value in DEMO_ENV.items():
             env.setdefault(key, value)
-    env.setdefault("PYLEVER_PAYLOAD_KEYS", _persistent_demo_key())
+    env.setdefault("PYLEVER_PAYLOAD_KEYS", _persistent_demo_key(data))
     env.setdefault("PYLEVER_ADMIN_TOKEN", secrets.token_urlsafe(24))
     os.environ.update(env)  # for the secret references of the config below
     try:
@@ -113,7 +117,8 @@ def main() -> int:
         return 2
 
     api_port = int(env.get("PYLEVER_API_PORT", "8000"))
-    temporal_port, ui_port = 7233, 8233
+    temporal_port = int(env.get("PYLEVER_TEMPORAL_PORT", "7233"))
+    ui_port = int(env.get("PYLEVER_UI_PORT", "8233"))
     env.setdefault("TEMPORAL_ADDRESS", f"127.0.0.1:{temporal_port}")
     env.setdefault("PYLEVER_UI_ORIGINS", f"http://127.0.0.1:{ui_port},http://localhost:{ui_port}")
 
@@ -129,7 +134,7 @@ def main() -> int:
                 "--ip", "127.0.0.1",
                 "--port", str(temporal_port),
                 "--ui-port", str(ui_port),
-                "--db-filename", str(DATA / "temporal.db"),
+                "--db-filename", str(data / "temporal.db"),
                 "--sqlite-pragma", "journal_mode=wal",
                 "--sqlite-pragma", "synchronous=normal",
                 # One partition per task queue, as deploy/dynamicconfig sets: the server

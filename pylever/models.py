@@ -90,6 +90,7 @@ class InvitationInput(_Record):
     candidate_name: str
     candidate_email: str
     stage_entry: int = 1  # which entry into the stage this is: part of Py's idempotency key
+    tests_in_assessment: int = 1  # >1: the parent clears in-progress tags and moves the candidate
 
 
 class InvitationRecord(_Record):

@@ -403,3 +403,25 @@ def test_stale_tags_are_the_outcomes_of_runs_without_a_result() -> None:
         decisions.TAG_INVITE_FAILED,
     )
     assert decisions.stale_tags(["Python Basics", decisions.TAG_INVITED]) == ()
+
+
+def test_several_tests_leave_the_in_progress_tags_to_the_last() -> None:
+    assert decisions.tags_on_result(Verdict.PASS, last=False) == decisions.TagChange(
+        add=(decisions.TAG_PASS,)
+    )
+    assert decisions.tags_on_result(Verdict.PASS).remove == decisions.IN_PROGRESS_TAGS
+    assert decisions.tags_on_expiry(last=False).remove == ()
+    assert decisions.tags_on_expiry().remove == decisions.IN_PROGRESS_TAGS
+
+
+def test_combined_move_target() -> None:
+    settings = TriggerSettings(
+        stage="s", move_on_pass="On-site", move_on_fail="Rejected", expire_after_seconds=60
+    )
+    move = decisions.combined_move_target
+    assert move([Verdict.PASS, Verdict.PASS], settings) == "On-site"
+    assert move([Verdict.PASS, Verdict.FAIL], settings) == "Rejected"
+    assert move([Verdict.FAIL, None], settings) == "Rejected"
+    assert move([Verdict.PASS, Verdict.NEEDS_REVIEW], settings) is None
+    assert move([Verdict.PASS, None], settings) is None  # one expired: a recruiter decides
+    assert move([], settings) is None

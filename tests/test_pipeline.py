@@ -154,6 +154,10 @@ async def test_two_test_tags_send_two_invitations(stack: Stack) -> None:
         assert child.parent_id == workflow_id
 
     await stack.py.complete(by_test[PY_TESTS["SQL Fundamentals"]]["id"], 95)
+    tags = await stack.wait_tag(opp, TAG_PASS)
+    # One test is still open: the candidate is still invited and has not moved.
+    assert TAG_INVITED in tags
+    assert stack.lever.opportunity(opp)["stage"] == stack.lever.resolve_stage("Py Assessment")
     await stack.py.complete(by_test[PY_TESTS["Algorithms"]]["id"], 12)
     result = await stack.result(workflow_id)
     assert result.status == Status.COMPLETED
@@ -167,7 +171,27 @@ async def test_two_test_tags_send_two_invitations(stack: Stack) -> None:
     for invitation in by_test.values():
         assert stack.py.invitation(invitation["id"])["report_url"] in links
     assert stack.lever.count_api_writes(opp, "addLinks") == 2
+    # A Fail among the tests: no move on pass (this trigger has no move_on_fail).
+    assert stack.lever.opportunity(opp)["stage"] == stack.lever.resolve_stage("Py Assessment")
+
+
+async def test_two_tests_both_passed_move_the_candidate_once(stack: Stack) -> None:
+    opp = stack.candidate("Katherine Johnson", "katherine@example.com",
+                          tags=("Algorithms", "SQL Fundamentals"))
+    attempt = await stack.move(opp, "Py Assessment")
+
+    def both() -> list[dict] | None:
+        found = stack.invitations(opp)
+        return found if len(found) == 2 else None
+
+    for invitation in await stack.eventually(both):
+        await stack.py.complete(invitation["id"], 90)
+    result = await stack.result(attempt.body["workflow_id"])
+    assert {i.verdict for i in result.invitations} == {"pass"}
+    tags = stack.tags(opp)
+    assert TAG_PASS in tags and TAG_INVITED not in tags
     assert stack.lever.opportunity(opp)["stage"] == stack.lever.resolve_stage(ON_SITE)
+    assert stack.lever.count_api_writes(opp, "stage") == 1
 
 
 async def test_no_test_configured_then_the_recruiter_fixes_the_tag(stack: Stack) -> None:

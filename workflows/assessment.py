@@ -311,17 +311,20 @@ class InvitationWorkflow:
             if self._withdrawal is not None and self._withdrawal.reason == "deleted":
                 self._set_status(Status.COMPLETED)
                 return
-            await lever.change_tags(decisions.tags_on_result(verdict))
+            alone = self._input.tests_in_assessment <= 1
+            await lever.change_tags(decisions.tags_on_result(verdict, last=alone))
             await lever.add_link(final.report_url)
             self._set_status(Status.COMPLETED)
-            target = decisions.move_target(verdict, settings)
+            target = decisions.move_target(verdict, settings) if alone else None
             if target and self._withdrawal is None:
                 await lever.move_to_stage(target)
         elif final.status == "expired":
-            await lever.change_tags(decisions.tags_on_expiry())
+            alone = self._input.tests_in_assessment <= 1
+            await lever.change_tags(decisions.tags_on_expiry(last=alone))
             self._set_status(Status.EXPIRED)
         else:  # cancelled at Py by someone else
-            await lever.change_tags(decisions.TagChange(remove=decisions.IN_PROGRESS_TAGS))
+            if self._input.tests_in_assessment <= 1:
+                await lever.change_tags(decisions.TagChange(remove=decisions.IN_PROGRESS_TAGS))
             self._set_status(Status.CANCELLED)
 
     async def _withdraw(self, lever: _LeverOps) -> None:
@@ -497,6 +500,7 @@ class AssessmentWorkflow:
                     candidate_name=candidate.name,
                     candidate_email=candidate.email,
                     stage_entry=candidate.stage_entries,
+                    tests_in_assessment=len(choice.tests),
                 ),
                 id=child_id,
                 static_summary=decisions.summary(candidate.name, test.name, Status.RESOLVING),
@@ -515,7 +519,25 @@ class AssessmentWorkflow:
             else InvitationResult(test=test, status=Status.ERROR, error=_error_message(outcome))
             for test, outcome in zip(started, outcomes, strict=True)
         ]
-        return self._end(decisions.overall_status(results), None, tuple(results))
+        reason = None
+        if len(choice.tests) > 1 and self._withdrawal is None:
+            reason = await self._conclude_several(lever, results)
+        return self._end(decisions.overall_status(results), reason, tuple(results))
+
+    async def _conclude_several(
+        self, lever: _LeverOps, results: list[InvitationResult]
+    ) -> str | None:
+        """Several tests: once all are done, clear the in-progress tags and move the candidate."""
+        try:
+            await lever.change_tags(decisions.TagChange(remove=decisions.IN_PROGRESS_TAGS))
+            target = decisions.combined_move_target(
+                [r.verdict for r in results], self._input.settings
+            )
+            if target:
+                await lever.move_to_stage(target)
+        except ActivityError as exc:
+            return f"cannot update Lever: {_error_message(exc)}"
+        return None
 
     def _set_status(self, status: Status) -> None:
         self._status = status

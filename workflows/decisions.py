@@ -125,6 +125,20 @@ def move_target(verdict: Verdict, settings: TriggerSettings) -> str | None:
     return None
 
 
+def combined_move_target(
+    verdicts: Sequence[Verdict | None], settings: TriggerSettings
+) -> str | None:
+    """Several tests for one candidate: any Fail moves on fail; all Pass moves on pass.
+
+    ``None`` stands for a test without a verdict (expired, cancelled, not sent).
+    """
+    if any(v is Verdict.FAIL for v in verdicts):
+        return settings.move_on_fail
+    if verdicts and all(v is Verdict.PASS for v in verdicts):
+        return settings.move_on_pass
+    return None
+
+
 # --- tags ----------------------------------------------------------------------
 
 
@@ -134,8 +148,13 @@ class TagChange:
     remove: tuple[str, ...] = field(default_factory=tuple)
 
 
-def tags_on_result(verdict: Verdict) -> TagChange:
-    return TagChange(add=(VERDICT_TAGS[verdict],), remove=IN_PROGRESS_TAGS)
+def tags_on_result(verdict: Verdict, *, last: bool = True) -> TagChange:
+    """The verdict tag; the in-progress tags go only with the candidate's last open test.
+
+    With several tests (one child workflow each), ``last`` is False for every test
+    and the parent clears the in-progress tags once all have finished.
+    """
+    return TagChange(add=(VERDICT_TAGS[verdict],), remove=IN_PROGRESS_TAGS if last else ())
 
 
 # Tags of an earlier run that ended without an invitation (SPEC section 6: such a run is
@@ -149,8 +168,8 @@ def stale_tags(candidate_tags: Iterable[str]) -> tuple[str, ...]:
     return tuple(t for t in OUTCOME_OF_A_RUN_WITHOUT_RESULT if t in present)
 
 
-def tags_on_expiry() -> TagChange:
-    return TagChange(add=(TAG_EXPIRED,), remove=IN_PROGRESS_TAGS)
+def tags_on_expiry(*, last: bool = True) -> TagChange:
+    return TagChange(add=(TAG_EXPIRED,), remove=IN_PROGRESS_TAGS if last else ())
 
 
 def tags_on_withdrawal(reason: str) -> TagChange:

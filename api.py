@@ -47,7 +47,7 @@ from workflows.decisions import is_invitation_reference
 log = logging.getLogger("pylever.api")
 
 MAX_BODY_BYTES = 1024 * 1024
-_LEVER_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_LEVER_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # used with fullmatch
 
 
 # --- errors ----------------------------------------------------------------------
@@ -257,7 +257,7 @@ class Service:
     @staticmethod
     def _lever_id(data: Mapping[str, Any], field: str) -> str:
         value = data.get(field)
-        if not isinstance(value, str) or not _LEVER_ID.match(value):
+        if not isinstance(value, str) or not _LEVER_ID.fullmatch(value):
             raise HttpError(400, "invalid_webhook", f"data.{field} must be a Lever id")
         return value
 
@@ -356,7 +356,7 @@ class Service:
         opportunity_id = request.path_params["opportunity_id"]
         if self.config.account(account_id) is None:
             raise HttpError(404, "unknown_account", "unknown account")
-        if not _LEVER_ID.match(opportunity_id):
+        if not _LEVER_ID.fullmatch(opportunity_id):
             raise HttpError(400, "invalid_id", "not a Lever opportunity id")
         rows = await self.gateway.candidate_assessments(account_id, opportunity_id)
         return JSONResponse(

@@ -222,6 +222,7 @@ async def test_signed_body_with_bad_data_is_400_and_starts_nothing(stack: Stack)
         {**data, "opportunityId": None},
         {**data, "opportunityId": "../../etc"},
         {**data, "opportunityId": "x" * 200},
+        {**data, "opportunityId": f"{opp}\n"},  # "$" would let a trailing newline through
         {**data, "toStageId": 7},
         {k: v for k, v in data.items() if k != "toStageId"},
     ):

@@ -17,6 +17,10 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    # Not "from workflows import decisions": a submodule named in a fromlist bypasses
+    # the sandbox's import hook, so decisions.py was executed again for every workflow
+    # instance (twice the CPU and memory of creating one; see docs/benchmarks.md).
+    import workflows.decisions as decisions
     from activities.lever import LeverActivities, LinkWrite, ReadCandidate, StageMove, TagWrite
     from activities.py import CreateInvitation, FindTests, PyActivities
     from pylever import search_attributes as sa
@@ -33,7 +37,6 @@ with workflow.unsafe.imports_passed_through():
         Verdict,
         Withdrawal,
     )
-    from workflows import decisions
 
 # Transient failures retry with backoff for a day; permanent answers (4xx) fail at once.
 PERMANENT_ERRORS = ["BadRequestError", "AuthError", "NotFoundError", "ConflictError",
@@ -193,7 +196,10 @@ class InvitationWorkflow:
         except ActivityError as exc:
             self._error = _error_message(exc)
             workflow.logger.warning("Py refused the invitation: %s", self._error)
-            await lever.change_tags(decisions.TagChange(add=(decisions.TAG_INVITE_FAILED,)))
+            try:
+                await lever.change_tags(decisions.TagChange(add=(decisions.TAG_INVITE_FAILED,)))
+            except ActivityError as tag_exc:
+                self._error += f"; cannot tag it in Lever: {_error_message(tag_exc)}"
             self._set_status(Status.ERROR)
             return self._result()
 
@@ -469,11 +475,13 @@ class AssessmentWorkflow:
         )
         choice = decisions.choose_tests(candidate.tags, py_tests, settings.default_test)
         if not choice.tests:
-            await lever.change_tags(decisions.TagChange(add=(decisions.TAG_NO_TEST,)))
-            return self._end(Status.NOT_SENT, choice.reason)
+            return await self._end_tagged(
+                lever, decisions.TAG_NO_TEST, Status.NOT_SENT, choice.reason
+            )
         if not candidate.email:
-            await lever.change_tags(decisions.TagChange(add=(decisions.TAG_NO_EMAIL,)))
-            return self._end(Status.ERROR, "the candidate has no email address")
+            return await self._end_tagged(
+                lever, decisions.TAG_NO_EMAIL, Status.ERROR, "the candidate has no email address"
+            )
         if self._withdrawal is not None:
             return self._end(Status.CANCELLED, f"candidate {self._withdrawal.reason}")
 
@@ -481,7 +489,10 @@ class AssessmentWorkflow:
         if stale:
             # A re-run after "No Test Configured", "No Email", ...: that tag is no longer true.
             # (No Lever call when there is nothing to clear, which is the usual case.)
-            await lever.change_tags(decisions.TagChange(remove=stale))
+            try:
+                await lever.change_tags(decisions.TagChange(remove=stale))
+            except ActivityError as exc:
+                return self._end(Status.ERROR, f"cannot update Lever: {_error_message(exc)}")
 
         parent_id = workflow.info().workflow_id
         started: list[ChosenTest] = []
@@ -538,6 +549,16 @@ class AssessmentWorkflow:
         except ActivityError as exc:
             return f"cannot update Lever: {_error_message(exc)}"
         return None
+
+    async def _end_tagged(
+        self, lever: _LeverOps, tag: str, status: Status, reason: str | None
+    ) -> AssessmentResult:
+        """End without an invitation, telling the recruiter why with a tag."""
+        try:
+            await lever.change_tags(decisions.TagChange(add=(tag,)))
+        except ActivityError as exc:  # the candidate is gone, or the key no longer works
+            reason = f"{reason}; cannot tag {tag!r} in Lever: {_error_message(exc)}"
+        return self._end(status, reason)
 
     def _set_status(self, status: Status) -> None:
         self._status = status

@@ -1,0 +1,52 @@
+"""``python worker.py`` with the account's Lever rate raised, for benchmark set-up only.
+
+The configuration caps ``lever_requests_per_second`` at 10 (Lever's real limit),
+and every Lever client of the process shares an in-process bucket of 10/s. To put
+thousands of assessments into their waiting state faster than Lever would
+allow, the waiting-at-scale benchmark runs this wrapper against a Lever sandbox
+whose own limit is raised too (``POST /_sandbox/faults``). Everything else is
+the production worker: the same workflows, activities, task queues, codec and
+Temporal settings (``max_cached_workflows`` included). Nothing here is used
+outside ``bench/``.
+
+Environment: ``PYLEVER_BENCH_LEVER_RPS`` (the rate for every account's Lever
+task queue and Lever clients), plus what ``worker.py`` reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import worker
+from pylever import lever_client
+from pylever.config import AppConfig
+
+
+def _raise_lever_rate(rate: float) -> None:
+    build_workers = worker.build_workers
+    bucket_for = lever_client.bucket_for
+
+    def build(client, config: AppConfig, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # max_task_queue_activities_per_second of each account's Lever queue.
+        accounts = tuple(
+            a.model_copy(update={"lever_requests_per_second": rate}) for a in config.accounts
+        )
+        return build_workers(client, config.model_copy(update={"accounts": accounts}),
+                             *args, **kwargs)  # fmt: skip
+
+    def bucket(key: str, _rate: float, burst: int):  # type: ignore[no-untyped-def]
+        # Every Lever client of the process shares one bucket per key, reconfigured by
+        # the latest client built (the start-up checks build one at 10/s): force the rate.
+        return bucket_for(key, rate, max(burst, int(rate)))
+
+    worker.build_workers = build  # type: ignore[assignment]
+    lever_client.bucket_for = bucket  # type: ignore[assignment]
+
+
+if __name__ == "__main__":
+    _raise_lever_rate(float(os.environ["PYLEVER_BENCH_LEVER_RPS"]))
+    code = asyncio.run(worker.main())
+    # worker.py exits through worker._exit (os._exit after flushing) where it has one.
+    getattr(worker, "_exit", sys.exit)(code)

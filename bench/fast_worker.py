@@ -4,7 +4,8 @@ The configuration caps ``lever_requests_per_second`` at 10 (Lever's real limit),
 and every Lever client of the process shares an in-process bucket of 10/s. To put
 thousands of assessments into their waiting state faster than Lever would
 allow, the waiting-at-scale benchmark runs this wrapper against a Lever sandbox
-whose own limit is raised too (``POST /_sandbox/faults``). Everything else is
+started with its own limit raised too (``StackOptions.lever_rate``/``lever_burst``,
+the sandbox's ``--rate``/``--burst``). Everything else is
 the production worker: the same workflows, activities, task queues, codec and
 Temporal settings (``max_cached_workflows`` included). Nothing here is used
 outside ``bench/``.

@@ -171,7 +171,9 @@ class Ingest:
         await self.close()
         bad = [s for s in statuses if s != expected]
         if bad:
-            raise RuntimeError(f"{kind} c={concurrency}: {len(bad)} answers not {expected}: {bad[:5]}")
+            raise RuntimeError(
+                f"{kind} c={concurrency}: {len(bad)} answers not {expected}: {bad[:5]}"
+            )
         return {"latencies": latencies, "wall": wall, "api_cpu": api_cpu, "temporal_cpu": tmp_cpu}
 
     async def pair(
@@ -190,7 +192,9 @@ class Ingest:
                 [x for r in runs for x in r["latencies"]], sum(r["wall"] for r in runs)
             )
             summary["api_cpu_ms_per_request"] = (
-                round(1000 * sum(r["api_cpu"] for r in runs) / count, 3) if kind == "webhook" else 0.0
+                round(1000 * sum(r["api_cpu"] for r in runs) / count, 3)
+                if kind == "webhook"
+                else 0.0
             )
             summary["temporal_cpu_ms_per_request"] = round(
                 1000 * sum(r["temporal_cpu"] for r in runs) / count, 3
@@ -230,14 +234,18 @@ async def run(sizes: Sizes, workdir: Path) -> dict[str, Any]:
             levels: list[dict[str, Any]] = []
             for concurrency in sizes.ingest_concurrency:
                 log(f"ingest: concurrency {concurrency}, worker stopped")
-                levels.append({"worker": "stopped", **await bench.pair(sizes.ingest_requests, concurrency)})
+                levels.append(
+                    {"worker": "stopped", **await bench.pair(sizes.ingest_requests, concurrency)}
+                )
 
             log(f"ingest: concurrency {top}, API only (not a trigger stage)")
             await bench.quiet()
             count = 5 * sizes.ingest_requests  # cheap requests: more of them to time
             api_only = await bench.run("ignored", count, top)
             api_only_summary = latency_summary(api_only["latencies"], api_only["wall"])
-            api_only_summary["api_cpu_ms_per_request"] = round(1000 * api_only["api_cpu"] / count, 3)
+            api_only_summary["api_cpu_ms_per_request"] = round(
+                1000 * api_only["api_cpu"] / count, 3
+            )
         finally:
             await bench.close()
     headline = next(level for level in levels if level["concurrency"] == top)

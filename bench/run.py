@@ -251,8 +251,10 @@ async def main() -> int:
         "machine": {**machine, "loadavg_at_end": loadavg()},
         "seconds": {"total": total, **durations},
         "figures": flat,
-        "targets": {k: {"target": f"{op} {bound}", "verdict": verdicts.get(k)}
-                    for k, (op, bound) in TARGETS.items()},  # fmt: skip
+        "targets": {
+            k: {"target": f"{op} {bound}", "verdict": verdicts.get(k)}
+            for k, (op, bound) in TARGETS.items()
+        },
         "results": results,
         "errors": errors,
     }

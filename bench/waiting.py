@@ -120,7 +120,9 @@ async def run(sizes: Sizes, workdir: Path) -> dict[str, Any]:
         tags = {c["id"]: c["tags"] for c in await stack.candidates()}
         missing = [o for o in opps if TAG_INVITED not in tags[o]]
         if missing or bad_moves:
-            raise RuntimeError(f"waiting: {len(missing)} not invited, {len(bad_moves)} moves failed")
+            raise RuntimeError(
+                f"waiting: {len(missing)} not invited, {len(bad_moves)} moves failed"
+            )
 
         idle = await worker.cpu_percent(sizes.idle_seconds)
         rss_idle = worker.rss_kib()

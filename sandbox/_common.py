@@ -14,12 +14,14 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 JSON = dict[str, Any]
 DELIVERY_TIMEOUT_SECONDS = 10.0
@@ -275,3 +277,51 @@ def serve(app: Any, host: str, port: int) -> None:
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+# --- routes ---------------------------------------------------------------------------
+
+Handler = Callable[[Request], Awaitable[Response]]
+RouteTable = Sequence[tuple[str, str, Handler]]
+
+
+def sandbox_routes(
+    api: RouteTable,
+    control: RouteTable,
+    *,
+    wrap_api: Callable[[str | None, Handler], Handler],
+    wrap_control: Callable[[Handler], Handler],
+    unknown: Handler,
+) -> list[Route]:
+    """The real API under ``/v1`` (each endpoint counted by its template, unknown paths
+    answered by ``unknown``), and the control endpoints under ``/_sandbox``."""
+    routes = [
+        Route("/v1" + path, wrap_api(f"{method} {path}", handler), methods=[method])
+        for method, path, handler in api
+    ]
+    routes.append(
+        Route(
+            "/v1/{rest:path}",
+            wrap_api(None, unknown),
+            methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        )
+    )
+    routes += [
+        Route("/_sandbox" + path, wrap_control(handler), methods=[method])
+        for method, path, handler in control
+    ]
+    return routes
+
+
+def counted(
+    stats: RequestStats, endpoint: str | None, respond: Callable[[Request, Handler], Awaitable[Response]],
+    handler: Handler,
+) -> Handler:
+    """An API handler that counts its answers by endpoint template and status."""
+
+    async def run(request: Request) -> Response:
+        response = await respond(request, handler)
+        stats.count(endpoint or f"{request.method} (unknown)", response.status_code)
+        return response
+
+    return run

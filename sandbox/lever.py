@@ -23,7 +23,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
@@ -42,11 +42,14 @@ from sandbox._common import (
     Deliverer,
     DeliveryStats,
     FirstAttempt,
+    Handler,
     RequestStats,
+    counted,
     first_attempt_json,
     is_number,
     now_ms,
     read_json_object,
+    sandbox_routes,
     serve,
     str_list,
 )
@@ -78,7 +81,6 @@ WEBHOOK_RETRY_DELAYS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)  # Lever: f
 VERIFY_EVENT = "candidateStageChange"
 MAX_LIMIT = 100
 
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 class LeverError(Exception):
@@ -449,17 +451,6 @@ class LeverSandbox:
             ("POST", "/opportunities/{id}/addLinks", self._add_links),
             ("PUT", "/opportunities/{id}/stage", self._put_stage),
         ]
-        routes = [
-            Route("/v1" + path, self._api(f"{method} {path}", handler), methods=[method])
-            for method, path, handler in api
-        ]
-        routes.append(
-            Route(
-                "/v1/{rest:path}",
-                self._api(None, self._unknown_endpoint),
-                methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            )
-        )
         control: list[tuple[str, str, Handler]] = [
             ("GET", "/stats", self._c_stats),
             ("POST", "/reset-stats", self._c_reset_stats),
@@ -476,21 +467,14 @@ class LeverSandbox:
             ("GET", "/webhooks/deliveries", self._c_deliveries),
             ("POST", "/webhooks/deliveries/{n:int}/rerun", self._c_rerun),
         ]
-        routes += [
-            Route("/_sandbox" + path, self._control(handler), methods=[method])
-            for method, path, handler in control
-        ]
+        routes = sandbox_routes(
+            api, control, wrap_api=self._api, wrap_control=self._control,
+            unknown=self._unknown_endpoint,
+        )
         return routes
 
     def _api(self, endpoint: str | None, handler: Handler) -> Handler:
-        async def run(request: Request) -> Response:
-            response = await self._api_response(request, handler)
-            self.stats.requests.count(
-                endpoint or f"{request.method} (unknown)", response.status_code
-            )
-            return response
-
-        return run
+        return counted(self.stats.requests, endpoint, self._api_response, handler)
 
     async def _api_response(self, request: Request, handler: Handler) -> Response:
         credentials = _basic_credentials(request.headers.get("authorization"))

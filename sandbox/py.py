@@ -20,7 +20,7 @@ import json
 import os
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
@@ -40,10 +40,13 @@ from sandbox._common import (
     Deliverer,
     DeliveryStats,
     FirstAttempt,
+    Handler,
     RequestStats,
+    counted,
     first_attempt_json,
     is_number,
     read_json_object,
+    sandbox_routes,
     serve,
 )
 
@@ -61,7 +64,6 @@ EVENT_BY_STATUS = {
 }
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 class PyError(Exception):
@@ -325,17 +327,6 @@ class PySandbox:
             ("POST", "/invitations/{id}/reminders", self._remind),
             ("POST", "/invitations/{id}/cancel", self._cancel),
         ]
-        routes = [
-            Route("/v1" + path, self._api(f"{method} {path}", handler), methods=[method])
-            for method, path, handler in api
-        ]
-        routes.append(
-            Route(
-                "/v1/{rest:path}",
-                self._api(None, self._unknown_endpoint),
-                methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            )
-        )
         control: list[tuple[str, str, Handler]] = [
             ("GET", "/stats", self._c_stats),
             ("POST", "/reset-stats", self._c_reset_stats),
@@ -348,10 +339,10 @@ class PySandbox:
             ("POST", "/invitations/{id}/resend", self._c_resend),
             ("GET", "/callbacks", self._c_callbacks),
         ]
-        routes += [
-            Route("/_sandbox" + path, self._control(handler), methods=[method])
-            for method, path, handler in control
-        ]
+        routes = sandbox_routes(
+            api, control, wrap_api=self._api, wrap_control=self._control,
+            unknown=self._unknown_endpoint,
+        )
         routes += [
             Route("/take/{id}", self._take_page, methods=["GET"]),
             Route("/reports/{id}", self._report_page, methods=["GET"]),
@@ -359,14 +350,7 @@ class PySandbox:
         return routes
 
     def _api(self, endpoint: str | None, handler: Handler) -> Handler:
-        async def run(request: Request) -> Response:
-            response = await self._api_response(request, handler)
-            self.stats.requests.count(
-                endpoint or f"{request.method} (unknown)", response.status_code
-            )
-            return response
-
-        return run
+        return counted(self.stats.requests, endpoint, self._api_response, handler)
 
     async def _api_response(self, request: Request, handler: Handler) -> Response:
         if self.rate_limit_next > 0:

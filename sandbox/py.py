@@ -350,7 +350,10 @@ class PySandbox:
         return routes
 
     def _api(self, endpoint: str | None, handler: Handler) -> Handler:
-        return counted(self.stats.requests, endpoint, self._api_response, handler)
+        # Looked up per request, so tests can wrap _api_response after the app is built.
+        return counted(
+            self.stats.requests, endpoint, lambda r, h: self._api_response(r, h), handler
+        )
 
     async def _api_response(self, request: Request, handler: Handler) -> Response:
         if self.rate_limit_next > 0:

@@ -552,12 +552,7 @@ class LeverSandbox:
         return JSONResponse({"data": self._opp(request.path_params["id"])})
 
     async def _add_tags(self, request: Request) -> Response:
-        opp = self._opp(request.path_params["id"])
-        tags = str_list(await read_json_object(request), "tags", required=True)
-        added = _unique_new(tags, opp["tags"])
-        opp["tags"].extend(added)
-        self._log_write(opp, "addTags", tags, added)
-        return JSONResponse({"data": opp})
+        return await self._append(request, "tags", "addTags")
 
     async def _remove_tags(self, request: Request) -> Response:
         opp = self._opp(request.path_params["id"])
@@ -568,11 +563,15 @@ class LeverSandbox:
         return JSONResponse({"data": opp})
 
     async def _add_links(self, request: Request) -> Response:
+        return await self._append(request, "links", "addLinks")
+
+    async def _append(self, request: Request, field: str, op: str) -> Response:
+        """addTags / addLinks: append the values not there yet, keeping their order."""
         opp = self._opp(request.path_params["id"])
-        links = str_list(await read_json_object(request), "links", required=True)
-        added = _unique_new(links, opp["links"])
-        opp["links"].extend(added)
-        self._log_write(opp, "addLinks", links, added)
+        values = str_list(await read_json_object(request), field, required=True)
+        added = _unique_new(values, opp[field])
+        opp[field].extend(added)
+        self._log_write(opp, op, values, added)
         return JSONResponse({"data": opp})
 
     async def _put_stage(self, request: Request) -> Response:

@@ -219,7 +219,10 @@ class Service:
             if event == "candidateArchiveChange" and not data.get("toArchived"):
                 return self._ignored(account_id, event, "unarchived")
             reason = "deleted" if event == "candidateDeleted" else "archived"
-            workflow_id = await self.gateway.withdraw_candidate(account_id, opportunity_id, reason)
+            stage_ids = await self.matchers[account_id].stage_ids()
+            workflow_id = await self.gateway.withdraw_candidate(
+                account_id, opportunity_id, reason, stage_ids
+            )
             return self._webhook_done(
                 202, account_id, event, "withdrawing", None,
                 {"status": "withdrawing", "workflow_id": workflow_id},

@@ -3,11 +3,16 @@
     python cli.py check                          # the config against the real Lever and Py
     python cli.py status ACCOUNT OPPORTUNITY     # one candidate's assessments (via the API)
     python cli.py status ACCOUNT OPPORTUNITY --json
+    python cli.py cancel ACCOUNT OPPORTUNITY [--stage STAGE]   # cancel running assessments
 
 ``check`` reads ``PYLEVER_CONFIG``; exit 0 when every check passes, 1 on any
 problem, 2 when the configuration itself is unusable. ``status`` asks the API at
 ``PYLEVER_API_URL`` (default http://127.0.0.1:8000) with ``PYLEVER_ADMIN_TOKEN``;
 exit 0 on an answer, 1 when the API refuses or cannot be reached, 2 on a usage error.
+``cancel`` cancels (never terminates) the candidate's assessment workflows by their
+deterministic ids, talking to Temporal directly (``TEMPORAL_ADDRESS``,
+``TEMPORAL_NAMESPACE``, ``PYLEVER_PAYLOAD_KEYS``); exit 0 when at least one was
+cancelled, 1 when none was running, 2 on a usage or configuration error.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import quote
 
@@ -133,7 +138,39 @@ def render_status(body: Mapping[str, Any]) -> str:
         for r in rows
     ]
     ids = "\n".join(f"  {r.get('workflow_id')}" for r in rows)
-    return f"{head}\n\n{table(headers, cells)}\n\nworkflow ids (Temporal UI):\n{ids}"
+    waits = [
+        f"  {_text(r.get('kind'))} {_text(r.get('test'))}: {waiting_text(r['waiting'])}"
+        for r in rows
+        if isinstance(r.get("waiting"), Mapping)
+    ]
+    waiting = "\n\nretrying (running assessments):\n" + "\n".join(waits) if waits else ""
+    return f"{head}\n\n{table(headers, cells)}{waiting}\n\nworkflow ids (Temporal UI):\n{ids}"
+
+
+_SERVICES = {"lever": "Lever", "py": "Py"}
+
+
+def waiting_text(waiting: Mapping[str, Any]) -> str:
+    """``waiting for Lever since 2026-11-30 10:00 UTC (7 attempts), last answer: ...``"""
+    activity = str(waiting.get("activity") or "")
+    prefix = activity.split(".", 1)[0]
+    text = f"waiting for {_SERVICES.get(prefix, activity or 'an activity')}"
+    since = waiting.get("since")
+    if isinstance(since, str) and since:
+        try:
+            parsed = datetime.fromisoformat(since.replace("Z", "+00:00"))
+        except ValueError:
+            text += f" since {since}"
+        else:
+            if parsed.utcoffset() is not None:
+                parsed = parsed.astimezone(UTC)
+            text += f" since {parsed.strftime('%Y-%m-%d %H:%M')} UTC"
+    attempts = waiting.get("attempts")
+    if isinstance(attempts, int) and not isinstance(attempts, bool):
+        text += f" ({attempts} attempt{'' if attempts == 1 else 's'})"
+    if waiting.get("last_error"):
+        text += f", last answer: {waiting['last_error']}"
+    return text
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -168,6 +205,173 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+# --- cancel --------------------------------------------------------------------------
+
+
+class _CancelError(Exception):
+    """A problem that ends ``cancel`` with the exit code it carries."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+async def _cancel_stage_ids(account: Any, stage: str | None, err: TextIO) -> list[str]:
+    """The trigger stage ids whose assessments ``cancel`` looks at."""
+    from pylever.errors import ApiError, UnknownStageError
+    from pylever.lever_client import LeverClient
+    from pylever.triggers import TriggerMatcher, _looks_like_id
+
+    configured = [t.stage for t in account.triggers]
+    async with LeverClient(
+        account.lever_api_url, account.lever_api_key.get_secret_value(), rate=0, max_attempts=3
+    ) as lever:
+        if stage is None:
+            ids = await TriggerMatcher(account, lever).stage_ids()
+            unresolved = [s for s in configured if not _looks_like_id(s) and s not in ids]
+            if unresolved and len(ids) < len(configured):
+                print(
+                    f"py-lever cancel: warning: could not resolve trigger stage(s) "
+                    f"{', '.join(repr(s) for s in unresolved)} through Lever's GET /stages",
+                    file=err,
+                )
+            if not ids:
+                raise _CancelError(
+                    f"cannot resolve the trigger stages of account {account.id!r} through "
+                    "Lever's GET /stages; name one with --stage STAGE_ID",
+                    EXIT_PROBLEM,
+                )
+            return ids
+        if stage not in configured:
+            if _looks_like_id(stage):
+                return [stage]  # any stage id: an assessment of a former trigger stage too
+            raise _CancelError(
+                f"{stage!r} is neither a stage id nor a trigger stage of account {account.id!r} "
+                f"(configured: {', '.join(repr(s) for s in configured)})",
+                EXIT_USAGE,
+            )
+        try:
+            return [await lever.resolve_stage(stage)]
+        except UnknownStageError:
+            if _looks_like_id(stage):
+                return [stage]
+            raise _CancelError(
+                f"trigger stage {stage!r} of account {account.id!r} is not listed by Lever's "
+                "GET /stages",
+                EXIT_PROBLEM,
+            ) from None
+        except ApiError as exc:
+            if _looks_like_id(stage):
+                return [stage]
+            raise _CancelError(
+                f"cannot resolve stage {stage!r} through Lever: {exc.summary}", EXIT_PROBLEM
+            ) from None
+
+
+async def _cancel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from temporalio.client import Client, WorkflowExecutionStatus
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from pylever import search_attributes as sa
+    from pylever.codec import PayloadKeyError, codec_from_env, data_converter
+    from pylever.config import ConfigError, load_config_from_env
+    from pylever.settings import Settings
+    from workflows.decisions import assessment_workflow_id
+
+    try:
+        config = load_config_from_env()
+    except ConfigError as exc:
+        raise _CancelError(f"configuration error: {exc}", EXIT_USAGE) from None
+    account = config.account(args.account)
+    if account is None:
+        known = ", ".join(a.id for a in config.accounts)
+        raise _CancelError(f"unknown account {args.account!r} (configured: {known})", EXIT_USAGE)
+    settings = Settings.from_env()
+    try:
+        codec = codec_from_env({"PYLEVER_PAYLOAD_KEYS": settings.payload_keys}) \
+            if settings.payload_keys else None
+    except (PayloadKeyError, ValueError) as exc:
+        raise _CancelError(f"configuration error: {exc}", EXIT_USAGE) from None
+    stage_ids = await _cancel_stage_ids(account, args.stage, err)
+    try:
+        client = await Client.connect(
+            settings.temporal_address,
+            namespace=settings.temporal_namespace,
+            data_converter=data_converter(codec),
+        )
+    except Exception as exc:
+        raise _CancelError(
+            f"cannot reach Temporal at {settings.temporal_address}: {type(exc).__name__}",
+            EXIT_PROBLEM,
+        ) from None
+
+    cancelled: list[Any] = []
+    for stage_id in stage_ids:
+        workflow_id = assessment_workflow_id(account.id, args.opportunity, stage_id)
+        handle = client.get_workflow_handle(workflow_id)
+        try:
+            description = await handle.describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                print(f"not found {workflow_id}", file=out)
+                continue
+            raise _CancelError(f"Temporal refused: {exc.message}", EXIT_PROBLEM) from None
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            state = description.status.name.lower() if description.status else "closed"
+            py_status = description.typed_search_attributes.get(sa.PY_STATUS)
+            print(f"not running {workflow_id} ({state}, PyStatus {py_status or '-'})", file=out)
+            continue
+        run = client.get_workflow_handle(workflow_id, run_id=description.run_id)
+        try:
+            await run.cancel()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:  # it closed between describe and cancel
+                print(f"not running {workflow_id} (closed just now)", file=out)
+                continue
+            raise _CancelError(f"Temporal refused: {exc.message}", EXIT_PROBLEM) from None
+        print(f"cancelled {workflow_id}", file=out)
+        cancelled.append(run)
+    if not cancelled:
+        print(
+            f"py-lever cancel: no running assessment of opportunity {args.opportunity} "
+            f"in account {account.id}",
+            file=err,
+        )
+        return EXIT_PROBLEM
+    if args.wait > 0:
+        await _report_closed(cancelled, args.wait, out)
+    return EXIT_OK
+
+
+async def _report_closed(handles: Sequence[Any], within: float, out: TextIO) -> None:
+    """Wait up to ``within`` seconds for each cancelled assessment to close; print how it ended."""
+    from temporalio.client import WorkflowExecutionStatus
+
+    from pylever import search_attributes as sa
+
+    deadline = asyncio.get_running_loop().time() + within
+    for handle in handles:
+        while True:
+            description = await handle.describe()
+            if description.status != WorkflowExecutionStatus.RUNNING:
+                state = description.status.name.lower() if description.status else "closed"
+                py_status = description.typed_search_attributes.get(sa.PY_STATUS)
+                print(f"closed {handle.id}: {state}, PyStatus {py_status or '-'}", file=out)
+                break
+            if asyncio.get_running_loop().time() > deadline:
+                print(f"still closing after {within:g} s: {handle.id}", file=out)
+                break
+            await asyncio.sleep(0.5)
+
+
+def cmd_cancel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        return asyncio.run(_cancel(args, out, err))
+    except _CancelError as exc:
+        print(f"py-lever cancel: {exc}", file=err)
+        return exc.code
+
+
 # --- entry point ------------------------------------------------------------------------
 
 
@@ -190,6 +394,26 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the API's JSON as it is")
     status.add_argument("--timeout", type=float, default=15.0, help="seconds (default 15)")
     status.set_defaults(handler=cmd_status)
+    cancel = commands.add_parser(
+        "cancel",
+        help="cancel a candidate's running assessments in Temporal (cancel, not terminate)",
+        description="Cancels the assessment workflows of the candidate (one per trigger stage "
+        "of the account, or only --stage): each cancels its invitation at Py and clears the "
+        "in-progress tags. Reads PYLEVER_CONFIG, TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE and "
+        "PYLEVER_PAYLOAD_KEYS. Exit 0 when one was cancelled, 1 when none was running, "
+        "2 on a usage or configuration error.",
+    )
+    cancel.add_argument("account", metavar="ACCOUNT", help="account id, as in the config")
+    cancel.add_argument("opportunity", metavar="OPPORTUNITY", help="Lever opportunity id")
+    cancel.add_argument(
+        "--stage", metavar="STAGE",
+        help="a stage id, or a trigger stage name of the account (default: every trigger stage)",
+    )  # fmt: skip
+    cancel.add_argument(
+        "--wait", type=float, default=30.0, metavar="SECONDS",
+        help="wait this long for the cancelled assessments to close (default 30; 0: do not wait)",
+    )  # fmt: skip
+    cancel.set_defaults(handler=cmd_cancel)
     return parser
 
 

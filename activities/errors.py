@@ -6,8 +6,12 @@ the failure's details, which the payload codec encrypts.
 
 Inside an activity the clients make one attempt (``max_attempts=1``) and
 Temporal's retry policy does the backoff, so each Lever request is one
-rate-limited activity task. Permanent answers fail the activity for good; a 429
-asks Temporal to wait at least the time the service named.
+rate-limited activity task. The failure's ``type`` is the error class
+(``AuthError``, ``NotFoundError``, ...): the workflow's retry policy decides
+which types are final (``workflows.retries``), so one answer can be final for a
+Py invitation and retried for days for a Lever write that must land (a 401
+while a Lever key is rotated). A 429 asks Temporal to wait at least the time
+the service named.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from datetime import timedelta
 
 from temporalio.exceptions import ApplicationError
 
-from pylever.errors import ApiError, PermanentApiError, RateLimitedError
+from pylever.errors import ApiError, RateLimitedError
 
 DEFAULT_RATE_LIMIT_DELAY = timedelta(seconds=1)
 
@@ -35,10 +39,6 @@ def activity_errors() -> Iterator[None]:
         )
         raise ApplicationError(
             exc.summary, exc.message, type=type(exc).__name__, next_retry_delay=delay
-        ) from None
-    except PermanentApiError as exc:
-        raise ApplicationError(
-            exc.summary, exc.message, type=type(exc).__name__, non_retryable=True
         ) from None
     except ApiError as exc:
         raise ApplicationError(exc.summary, exc.message, type=type(exc).__name__) from None

@@ -3,19 +3,36 @@
 They run on the account's own task queue (``decisions.lever_task_queue``), which
 the worker rate-limits below Lever's 10 requests/s per key for the whole
 deployment, however many worker processes poll it.
+
+An account whose Lever key is refused (401/403, e.g. while the customer rotates
+it) shows it: a warning at most once a minute per account,
+``pylever_lever_auth_refusals_total{account}`` per refused call, and
+``pylever_lever_key_refused{account}`` at 1 until Lever accepts the key again.
+The error still fails the activity as usual, so the workflow's retry policy
+keeps retrying the Lever write until the key works.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 from pydantic import BaseModel, ConfigDict
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import activity_errors
+from pylever.errors import ApiError, AuthError
 from pylever.lever_client import LeverClient
+from pylever.logs import log_event
+from pylever.metrics import LEVER_AUTH_REFUSALS, LEVER_KEY_REFUSED
 from pylever.models import Candidate
+
+log = logging.getLogger("pylever.activities.lever")
+
+KEY_REFUSED_WARNING_INTERVAL = 60.0  # seconds between two warnings for the same account
 
 
 class OpportunityRef(BaseModel):
@@ -40,9 +57,54 @@ class StageMove(OpportunityRef):
     stage: str  # a stage name or id, as configured
 
 
+def _key_accepted_by(exc: ApiError) -> bool:
+    """Lever judged the request itself (400, 404, 409...): so it accepted the key."""
+    return exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 403, 429)
+
+
 class LeverActivities:
-    def __init__(self, clients: Mapping[str, LeverClient]) -> None:
+    def __init__(
+        self, clients: Mapping[str, LeverClient], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._clients = dict(clients)
+        self._clock = clock
+        self._refusal_warned_at: dict[str, float] = {}  # account -> clock() of its last warning
+        for account_id in self._clients:  # the series exist (at 0) from the start
+            LEVER_AUTH_REFUSALS.labels(account=account_id)
+            LEVER_KEY_REFUSED.labels(account=account_id).set(0)
+
+    @contextmanager
+    def _lever_calls(self, account_id: str) -> Iterator[None]:
+        """``activity_errors()``, noting whether Lever refused or accepted the account's key."""
+        with activity_errors():
+            try:
+                yield
+            except AuthError as exc:
+                self._key_refused(account_id, exc.status)
+                raise  # unchanged: activity_errors() turns it into the usual AuthError failure
+            except ApiError as exc:
+                if _key_accepted_by(exc):
+                    LEVER_KEY_REFUSED.labels(account=account_id).set(0)
+                raise
+        LEVER_KEY_REFUSED.labels(account=account_id).set(0)
+
+    def _key_refused(self, account_id: str, status: int | None) -> None:
+        LEVER_AUTH_REFUSALS.labels(account=account_id).inc()
+        LEVER_KEY_REFUSED.labels(account=account_id).set(1)
+        now = self._clock()
+        last = self._refusal_warned_at.get(account_id)
+        if last is not None and now - last < KEY_REFUSED_WARNING_INTERVAL:
+            return
+        self._refusal_warned_at[account_id] = now
+        log_event(
+            log,
+            f"Lever refuses account {account_id!r}'s API key ({status}): put a valid key in "
+            "lever_api_key and restart the worker; Lever writes are retried until it works",
+            logging.WARNING,
+            account=account_id,
+            status=status,
+            activity=activity.info().activity_type if activity.in_activity() else None,
+        )
 
     def _client(self, account_id: str) -> LeverClient:
         try:
@@ -56,8 +118,9 @@ class LeverActivities:
 
     @activity.defn(name="lever.read_candidate")
     async def read_candidate(self, req: ReadCandidate) -> Candidate:
-        with activity_errors():
-            opp = await self._client(req.account_id).get_opportunity(req.opportunity_id)
+        client = self._client(req.account_id)
+        with self._lever_calls(req.account_id):
+            opp = await client.get_opportunity(req.opportunity_id)
         return Candidate(
             opportunity_id=opp.id,
             name=opp.name,
@@ -70,24 +133,27 @@ class LeverActivities:
 
     @activity.defn(name="lever.add_tags")
     async def add_tags(self, req: TagWrite) -> None:
-        with activity_errors():
-            await self._client(req.account_id).add_tags(req.opportunity_id, list(req.tags))
+        client = self._client(req.account_id)
+        with self._lever_calls(req.account_id):
+            await client.add_tags(req.opportunity_id, list(req.tags))
 
     @activity.defn(name="lever.remove_tags")
     async def remove_tags(self, req: TagWrite) -> None:
-        with activity_errors():
-            await self._client(req.account_id).remove_tags(req.opportunity_id, list(req.tags))
+        client = self._client(req.account_id)
+        with self._lever_calls(req.account_id):
+            await client.remove_tags(req.opportunity_id, list(req.tags))
 
     @activity.defn(name="lever.add_links")
     async def add_links(self, req: LinkWrite) -> None:
-        with activity_errors():
-            await self._client(req.account_id).add_links(req.opportunity_id, list(req.links))
+        client = self._client(req.account_id)
+        with self._lever_calls(req.account_id):
+            await client.add_links(req.opportunity_id, list(req.links))
 
     @activity.defn(name="lever.move_to_stage")
     async def move_to_stage(self, req: StageMove) -> str:
         """Resolve the configured stage (cached ``GET /stages``) and move the candidate there."""
         client = self._client(req.account_id)
-        with activity_errors():
+        with self._lever_calls(req.account_id):
             stage_id = await client.resolve_stage(req.stage)
             await client.move_to_stage(req.opportunity_id, stage_id)
         return stage_id

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 from pydantic import BaseModel, ConfigDict
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.errors import activity_errors
 from pylever.errors import ConflictError, NotFoundError
@@ -25,13 +29,49 @@ class CreateInvitation(BaseModel):
     idempotency_key: str | None = None  # default: the reference (decisions.idempotency_key)
 
 
+PY_CONTRACT_ERROR = "PyContractError"
+
+
+def _contract_breaches(invitation: Invitation) -> list[str]:
+    """What a completed invitation lacks of Py's contract (a score in 0..100, a report_url)."""
+    if invitation.status != "completed":
+        return []
+    breaches = []
+    score = invitation.score
+    if score is None:
+        breaches.append("without a score")
+    elif not math.isfinite(score) or not 0 <= score <= 100:
+        breaches.append("with a score outside 0..100")  # the value is the candidate's: not named
+    if not invitation.report_url:
+        breaches.append("without a report_url")
+    elif not re.fullmatch(r"https?://\S+", invitation.report_url):  # as api.validate_callback
+        breaches.append("with a report_url that is not an http(s) URL")
+    return breaches
+
+
 def _record(invitation: Invitation) -> InvitationRecord:
+    """The workflow's record of a Py invitation, validated here, where it enters.
+
+    A completed invitation without a finite score in 0..100 or without a
+    report_url breaks Py's contract: retrying cannot fix it, so it fails the
+    activity for good (``PyContractError``). The message names the invitation
+    id and what is missing, never candidate data.
+    """
+    breaches = _contract_breaches(invitation)
+    if breaches:
+        raise ApplicationError(
+            f"Py contract error: invitation {invitation.id} is completed "
+            + " and ".join(breaches),
+            type=PY_CONTRACT_ERROR,
+            non_retryable=True,
+        )
     return InvitationRecord(
         id=invitation.id,
         status=invitation.status,
         score=invitation.score,
         report_url=invitation.report_url,
         completed_at=invitation.completed_at,
+        created_at=invitation.created_at,
     )
 
 

@@ -8,16 +8,19 @@ from pydantic import BaseModel, ConfigDict
 from temporalio import activity
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
 from pylever import search_attributes as sa
+from pylever.models import AssessmentResult
+from workflows import decisions
 
 
 class CandidateRef(BaseModel):
     model_config = ConfigDict(frozen=True)
     account_id: str
     opportunity_id: str
+    already_deleted: tuple[str, ...] = ()  # workflow_id/run_id deleted by id: not counted again
 
 
 class TemporalActivities:
@@ -33,6 +36,83 @@ class TemporalActivities:
             "AND WorkflowType = 'AssessmentWorkflow' AND ExecutionStatus = 'Running'"
         )
         return sorted({wf.id async for wf in self._client.list_workflows(query)})
+
+    @activity.defn(name="temporal.previous_invitations")
+    async def previous_invitations(self, workflow_ids: list[str]) -> dict[str, str]:
+        """The invitation id each closed invitation workflow's latest run recorded (its memo).
+
+        A re-run of an assessment asks this before starting its children: an earlier
+        run that ended without a result may have left its invitation open at Py.
+        """
+        found: dict[str, str] = {}
+        for workflow_id in workflow_ids:
+            try:
+                desc = await self._client.get_workflow_handle(workflow_id).describe()
+            except RPCError as exc:
+                if exc.status == RPCStatusCode.NOT_FOUND:
+                    continue
+                raise
+            if desc.status == WorkflowExecutionStatus.RUNNING:
+                continue
+            details = (await desc.memo()).get("assessment") or {}
+            invitation_id = details.get("invitation_id") if isinstance(details, dict) else None
+            if isinstance(invitation_id, str) and invitation_id:
+                found[workflow_id] = invitation_id
+        return found
+
+    @activity.defn(name="temporal.delete_executions")
+    async def delete_executions(self, workflow_ids: list[str]) -> list[str]:
+        """Delete the latest run of each closed assessment and of the invitations it started
+        (read from its result): the candidate's data, by known ids, without visibility.
+
+        Returns the ``workflow_id/run_id`` of each execution deleted (a deletion is carried
+        out later by the server: the sweep after this one must not count them again).
+        """
+        deleted: list[str] = []
+        for workflow_id in workflow_ids:
+            handle = self._client.get_workflow_handle(workflow_id, result_type=AssessmentResult)
+            children: list[str] = []
+            try:
+                desc = await handle.describe()
+                if desc.status == WorkflowExecutionStatus.COMPLETED:
+                    result = await handle.result()
+                    children = [
+                        decisions.invitation_workflow_id(workflow_id, i.test.id)
+                        for i in result.invitations
+                    ]
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                continue
+            except WorkflowFailureError:
+                pass  # failed or cancelled: its children are found by the sweep after this
+            for target in children:
+                try:
+                    run_id = (await self._client.get_workflow_handle(target).describe()).run_id
+                except RPCError as exc:
+                    if exc.status != RPCStatusCode.NOT_FOUND:
+                        raise
+                    continue
+                if await self._delete(target, run_id):
+                    deleted.append(f"{target}/{run_id}")
+            if await self._delete(workflow_id, desc.run_id):
+                deleted.append(f"{workflow_id}/{desc.run_id}")
+            activity.heartbeat(len(deleted))
+        return deleted
+
+    async def _delete(self, workflow_id: str, run_id: str = "") -> int:
+        try:
+            await self._client.workflow_service.delete_workflow_execution(
+                DeleteWorkflowExecutionRequest(
+                    namespace=self._client.namespace,
+                    workflow_execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id),
+                )
+            )
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            return 0
+        return 1
 
     @activity.defn(name="temporal.wait_closed")
     async def wait_closed(self, workflow_ids: list[str]) -> None:
@@ -59,17 +139,10 @@ class TemporalActivities:
         """Delete every closed execution of the candidate (their histories hold candidate data)."""
         query = sa.candidate_query(ref.account_id, ref.opportunity_id)
         deleted = 0
+        skip = set(ref.already_deleted)
         async for wf in self._client.list_workflows(query):
-            try:
-                await self._client.workflow_service.delete_workflow_execution(
-                    DeleteWorkflowExecutionRequest(
-                        namespace=self._client.namespace,
-                        workflow_execution=WorkflowExecution(workflow_id=wf.id, run_id=wf.run_id),
-                    )
-                )
-            except RPCError as exc:
-                if exc.status != RPCStatusCode.NOT_FOUND:
-                    raise
-            deleted += 1
+            if f"{wf.id}/{wf.run_id}" in skip:
+                continue
+            deleted += await self._delete(wf.id, wf.run_id)
             activity.heartbeat(deleted)
         return deleted

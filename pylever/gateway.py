@@ -7,10 +7,16 @@ answer 503 and let Lever (or Py) retry: nothing accepted is ever dropped.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any, Literal
 
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.failure.v1 import Failure
+from temporalio.api.workflow.v1 import PendingActivityInfo
+from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryReverseRequest
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -22,7 +28,7 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, FailureError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from pylever import search_attributes as sa
@@ -32,6 +38,12 @@ from workflows.assessment import AssessmentWorkflow, InvitationWorkflow
 from workflows.withdraw import WithdrawCandidateWorkflow
 
 RPC_TIMEOUT = timedelta(seconds=5)
+# Status describes each running execution to show what it waits for: a few at a time,
+# each given up (``waiting`` None) rather than holding the answer back.
+DESCRIBE_CONCURRENCY = 8
+WAITING_TIMEOUT = 3.0  # seconds per execution
+HISTORY_PAGE = 50  # newest events read to find when a retried activity was first scheduled
+LAST_ERROR_MAX = 500
 # Answers that mean "not now": the caller answers 503 and Lever or Py retry. This
 # includes a namespace whose search attributes no worker has registered yet.
 _NOT_NOW = {
@@ -113,7 +125,9 @@ class Gateway:
             status = previous.typed_search_attributes.get(sa.PY_STATUS)
             if previous.status == WorkflowExecutionStatus.COMPLETED and status not in RERUNNABLE:
                 return Started("already_done", workflow_id)
-            return await self._start(input, workflow_id, WorkflowIDReusePolicy.ALLOW_DUPLICATE)
+            # A re-run adopts what the earlier run left open at Py (models.AssessmentInput).
+            rerun = input.model_copy(update={"rerun": True})
+            return await self._start(rerun, workflow_id, WorkflowIDReusePolicy.ALLOW_DUPLICATE)
         except WorkflowAlreadyStartedError:
             return Started("already_running", workflow_id)
         except Exception as exc:
@@ -170,13 +184,24 @@ class Gateway:
     # --- candidates leaving -------------------------------------------------------
 
     async def withdraw_candidate(
-        self, account_id: str, opportunity_id: str, reason: Literal["archived", "deleted"]
+        self,
+        account_id: str,
+        opportunity_id: str,
+        reason: Literal["archived", "deleted"],
+        stage_ids: Sequence[str] = (),
     ) -> str:
+        """Start the withdrawal; ``stage_ids`` (the account's trigger stages) name the
+        candidate's assessments by their deterministic ids."""
         workflow_id = f"withdraw:{account_id}:{opportunity_id}:{reason}"
         try:
             await self.client.start_workflow(
                 WithdrawCandidateWorkflow.run,
-                WithdrawInput(account_id=account_id, opportunity_id=opportunity_id, reason=reason),
+                WithdrawInput(
+                    account_id=account_id,
+                    opportunity_id=opportunity_id,
+                    reason=reason,
+                    stage_ids=tuple(stage_ids),
+                ),
                 id=workflow_id,
                 task_queue=self.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
@@ -221,14 +246,97 @@ class Gateway:
                 )
         except Exception as exc:
             raise self._translate(exc) from None
+        await self._add_waiting(rows)
         rows.sort(key=lambda r: (r["started_at"] or "", r["workflow_id"]))
         return rows
+
+    async def _add_waiting(self, rows: list[dict]) -> None:
+        """Set each row's ``waiting``: what a running execution keeps retrying, else None."""
+        limit = asyncio.Semaphore(DESCRIBE_CONCURRENCY)
+
+        async def one(row: dict) -> None:
+            async with limit:
+                row["waiting"] = await self._waiting(row["workflow_id"], row["run_id"])
+
+        for row in rows:
+            row["waiting"] = None
+        await asyncio.gather(*(one(r) for r in rows if r["execution_status"] == "running"))
+
+    async def _waiting(self, workflow_id: str, run_id: str | None) -> dict | None:
+        """The pending activity that has failed at least once, as
+        ``{"activity", "since", "attempts", "last_error"}``; None when there is none,
+        or when Temporal does not say in time (status answers without it).
+
+        ``since`` is when the activity was first scheduled (its ``ActivityTaskScheduled``
+        event: a pending activity's ``scheduled_time`` moves with every retry);
+        ``attempts`` counts the attempts that failed; ``last_error`` is the last
+        failure's type and message, decrypted by the client's data converter.
+        """
+        try:
+            async with asyncio.timeout(WAITING_TIMEOUT):
+                handle = self.client.get_workflow_handle(workflow_id, run_id=run_id)
+                description = await handle.describe(rpc_timeout=RPC_TIMEOUT)
+                failing = [
+                    p
+                    for p in description.raw_description.pending_activities
+                    if p.HasField("last_failure") or p.attempt > 1
+                ]
+                if not failing:
+                    return None
+                pending = max(failing, key=lambda p: p.attempt)
+                since = await self._first_scheduled(
+                    workflow_id, description.run_id, pending.activity_id
+                )
+                return {
+                    "activity": pending.activity_type.name,
+                    "since": since,
+                    "attempts": _failed_attempts(pending),
+                    "last_error": await self._failure_text(pending),
+                }
+        except Exception:
+            return None
+
+    async def _first_scheduled(self, workflow_id: str, run_id: str, activity_id: str) -> str | None:
+        response = await self.client.workflow_service.get_workflow_execution_history_reverse(
+            GetWorkflowExecutionHistoryReverseRequest(
+                namespace=self.client.namespace,
+                execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id),
+                maximum_page_size=HISTORY_PAGE,
+            ),
+            retry=False,
+            timeout=RPC_TIMEOUT,
+        )
+        for event in response.history.events:
+            if (
+                event.HasField("activity_task_scheduled_event_attributes")
+                and event.activity_task_scheduled_event_attributes.activity_id == activity_id
+            ):
+                return event.event_time.ToDatetime(tzinfo=UTC).isoformat()
+        return None
+
+    async def _failure_text(self, pending: PendingActivityInfo) -> str | None:
+        if not pending.HasField("last_failure"):
+            return None
+        failure = Failure()
+        failure.CopyFrom(pending.last_failure)  # decode_failure decodes in place
+        try:
+            exc = await self.client.data_converter.decode_failure(failure)
+        except Exception:
+            return pending.last_failure.message[:LAST_ERROR_MAX] or None
+        kind = exc.type if isinstance(exc, ApplicationError) and exc.type else type(exc).__name__
+        message = exc.message if isinstance(exc, FailureError) else str(exc)
+        return f"{kind}: {message}"[:LAST_ERROR_MAX]
 
     @staticmethod
     def _translate(exc: BaseException) -> BaseException:
         if _unavailable(exc):
             return TemporalUnavailable("Temporal is not reachable")
         return exc
+
+
+def _failed_attempts(pending: PendingActivityInfo) -> int:
+    """Attempts that failed so far: ``attempt`` is the one now scheduled or running."""
+    return max(pending.attempt - 1, 1 if pending.HasField("last_failure") else 0)
 
 
 def _system_info_request() -> Any:

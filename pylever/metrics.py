@@ -39,6 +39,19 @@ CALLBACKS = Counter(
     ["outcome"],
 )
 
+LEVER_AUTH_REFUSALS = Counter(
+    "pylever_lever_auth_refusals",
+    "Lever calls of the worker's activities answered 401 or 403 (the account's API key refused).",
+    ["account"],
+)
+
+LEVER_KEY_REFUSED = Gauge(
+    "pylever_lever_key_refused",
+    "1 while Lever refuses the account's API key (its last answer was 401 or 403), 0 once "
+    "Lever accepts it again.",
+    ["account"],
+)
+
 ASSESSMENTS = Gauge(
     "pylever_assessments",
     "Invitation workflows Temporal holds, by PyStatus (read from visibility at scrape time).",

@@ -62,6 +62,9 @@ class AssessmentInput(_Record):
     opportunity_id: str
     stage_id: str
     settings: TriggerSettings
+    # A later run of the same (account, opportunity, stage) after one that ended without a
+    # result: its invitations still open at Py are adopted, not sent again.
+    rerun: bool = False
 
 
 class Candidate(_Record):
@@ -91,6 +94,9 @@ class InvitationInput(_Record):
     candidate_email: str
     stage_entry: int = 1  # which entry into the stage this is: part of Py's idempotency key
     tests_in_assessment: int = 1  # >1: the parent clears in-progress tags and moves the candidate
+    # The invitation an earlier run of this workflow id sent: adopted if still open at Py
+    # (its clock kept: reminders and expiry count from Py's created_at), applied if completed.
+    adopt_invitation_id: str | None = None
 
 
 class InvitationRecord(_Record):
@@ -101,6 +107,7 @@ class InvitationRecord(_Record):
     score: float | None = None
     report_url: str | None = None
     completed_at: datetime | None = None
+    created_at: datetime | None = None  # when Py created it: reminders and expiry count from here
 
 
 class PyEvent(_Record):
@@ -136,3 +143,6 @@ class WithdrawInput(_Record):
     account_id: str
     opportunity_id: str
     reason: Literal["archived", "deleted"]
+    # The account's trigger stage ids: the candidate's assessments are reached by their
+    # deterministic ids (decisions.assessment_workflow_id), not through visibility.
+    stage_ids: tuple[str, ...] = ()

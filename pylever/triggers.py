@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 
 from pylever.config import Account, AppConfig, Trigger
+from pylever.errors import ApiError
 from pylever.lever_client import LeverClient
 from pylever.logs import log_event
 from pylever.models import TriggerSettings
@@ -51,6 +53,24 @@ class TriggerMatcher:
                 await self._refresh()
         return self._resolved.get(stage_id)
 
+    async def stage_ids(self) -> list[str]:
+        """Every stage id that is (or was, before a rename) one of the account's triggers.
+
+        Names are resolved through ``GET /stages`` when due; when Lever does not answer,
+        the ids known so far are returned (a withdrawal must not wait for Lever).
+        """
+        if len(self._resolved) < len(self._names) and self._due():
+            try:
+                async with self._lock:
+                    if self._due():
+                        await self._refresh()
+            except ApiError as exc:
+                log_event(log, "stage lookup failed", logging.WARNING,
+                          account=self.account.id, error=exc.summary)
+        return sorted(
+            {*(t.stage for t in self.account.triggers if _looks_like_id(t.stage)), *self._resolved}
+        )
+
     def _due(self) -> bool:
         return self._refreshed_at is None or self._clock() - self._refreshed_at >= self._interval
 
@@ -72,6 +92,14 @@ class TriggerMatcher:
                       account=self.account.id, stages=unknown)
         self._resolved = resolved
         self._refreshed_at = self._clock()
+
+
+def _looks_like_id(stage: str) -> bool:
+    """A configured stage that could be a Lever id (names have spaces or other characters)."""
+    return bool(_LEVER_ID.fullmatch(stage))
+
+
+_LEVER_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def trigger_settings(config: AppConfig, account: Account, trigger: Trigger) -> TriggerSettings:

@@ -3,7 +3,8 @@
 The real API is under ``/v1`` (HTTP Basic auth with the API key as the user name
 and an empty password, ``{"data": ...}`` envelopes, ``hasNext``/``next`` paging,
 ``{"code", "message"}`` errors, a token bucket per key that answers 429 without
-``Retry-After``, and injected 503s). ``/_sandbox`` stands for a recruiter using
+``Retry-After``, injected 503s, and a refused key: for a while every call answers
+401 as a wrong key does, like Lever while a customer rotates its API key). ``/_sandbox`` stands for a recruiter using
 Lever's UI: it creates and moves candidates and delivers signed webhooks. It has
 no auth and no rate limit.
 
@@ -19,6 +20,7 @@ import contextlib
 import copy
 import hmac
 import json
+import math
 import os
 import random
 import time
@@ -105,6 +107,7 @@ class LeverStats:
     requests: RequestStats = field(default_factory=RequestStats)
     rate_limited: int = 0
     faults_injected: int = 0
+    key_refusals: int = 0  # calls with the right key answered 401 while the key is refused
     webhooks: DeliveryStats = field(default_factory=DeliveryStats)
 
     def reset(self) -> None:
@@ -112,12 +115,14 @@ class LeverStats:
         self.webhooks.reset()
         self.rate_limited = 0
         self.faults_injected = 0
+        self.key_refusals = 0
 
     def to_json(self) -> JSON:
         return {
             "requests": self.requests.to_json(),
             "rate_limited": self.rate_limited,
             "faults_injected": self.faults_injected,
+            "key_refusals": self.key_refusals,
             "webhooks": self.webhooks.to_json(),
         }
 
@@ -249,6 +254,7 @@ class LeverSandbox:
         self._ids = random.Random(None if seed is None else f"lever-ids-{seed}")
         self._clock = clock  # the rate limiter's (monotonic seconds); tests may freeze it
         self._buckets: dict[str, TokenBucket] = {}
+        self._refuse_key_until: float | None = None  # on self._clock
         self._deliverer = Deliverer(
             stats=self.stats.webhooks, retry_delays=retry_delays, transport=delivery_transport
         )
@@ -278,6 +284,27 @@ class LeverSandbox:
     @property
     def deliveries(self) -> list[JSON]:
         return [d.to_json() for d in self._deliverer.log]
+
+    def refuse_key_for(self, seconds: float) -> None:
+        """For ``seconds`` every API call answers 401 as a wrong key does (0 or less: stop).
+
+        Lever does this for a while when a customer rotates its API key. The rate
+        limit still comes first, as it does for a wrong key.
+        """
+        if not is_number(seconds):
+            raise TypeError("seconds must be a number")
+        self._refuse_key_until = self._clock() + seconds if seconds > 0 else None
+
+    @property
+    def key_refused_for(self) -> float:
+        """Seconds the key is still refused (0: it is accepted)."""
+        if self._refuse_key_until is None:
+            return 0.0
+        left = self._refuse_key_until - self._clock()
+        if left <= 0:
+            self._refuse_key_until = None
+            return 0.0
+        return left
 
     def create_candidate(
         self,
@@ -484,11 +511,15 @@ class LeverSandbox:
         if not self._bucket(credentials[0] if credentials else "").take():
             self.stats.rate_limited += 1
             return lever_error(429, "TooManyRequests", "Rate limit exceeded, please slow down")
-        if (
+        wrong_key = (
             credentials is None
             or not hmac.compare_digest(credentials[0].encode(), self.api_key.encode())
             or credentials[1] != ""
-        ):
+        )
+        if not wrong_key and self.key_refused_for > 0:
+            self.stats.key_refusals += 1
+            wrong_key = True
+        if wrong_key:
             return lever_error(
                 401,
                 "Unauthorized",
@@ -635,7 +666,19 @@ class LeverSandbox:
                 raise BadBody("'burst' must be a positive integer")
             self.rate, self.burst = float(new_rate), new_burst
             self._buckets.clear()
-        return JSONResponse({"error_rate": self.error_rate, "rate": self.rate, "burst": self.burst})
+        if "refuse_key_for" in body:
+            seconds = body["refuse_key_for"]
+            if not is_number(seconds) or not math.isfinite(seconds) or seconds < 0:
+                raise BadBody("'refuse_key_for' must be a number of seconds, 0 or more (0: stop)")
+            self.refuse_key_for(float(seconds))
+        return JSONResponse(
+            {
+                "error_rate": self.error_rate,
+                "rate": self.rate,
+                "burst": self.burst,
+                "refuse_key_for": self.key_refused_for,
+            }
+        )
 
     async def _c_list(self, request: Request) -> Response:
         return JSONResponse(list(self.opportunities.values()))

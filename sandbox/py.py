@@ -20,7 +20,7 @@ import json
 import os
 import random
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
@@ -63,6 +63,8 @@ EVENT_BY_STATUS = {
     "expired": "invitation.expired",
 }
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+# Fields Py promises on every completed invitation (``complete(omit=...)`` can break that).
+CONTRACT_FIELDS = frozenset({"score", "report_url"})
 
 
 
@@ -229,18 +231,32 @@ class PySandbox:
     async def complete(
         self,
         invitation_id: str,
-        score: float,
+        score: float | None,
         report_url: str | None = None,
         *,
         callback: bool = True,
+        omit: Iterable[str] = (),
     ) -> tuple[JSON, FirstAttempt | None]:
+        """Complete with ``score`` and ``report_url`` (default: the sandbox's report page).
+
+        ``omit`` (``"score"``, ``"report_url"``) breaks Py's contract on purpose: the
+        completed invitation then has that field null, in the API and the callback.
+        """
+        omitted = set(omit)
+        unknown = omitted - CONTRACT_FIELDS
+        if unknown:
+            raise PyError(422, "validation_error", f"cannot omit {sorted(unknown)}")
+        if score is None and "score" not in omitted:
+            raise PyError(422, "validation_error", "a completed invitation needs a score")
         record = self._record(invitation_id)
         self._require_status(record, {"invited", "started"}, "complete")
         inv = record.invitation
         inv.update(
             status="completed",
-            score=score,
-            report_url=report_url or f"{self.base_url}/reports/{inv['id']}",
+            score=None if "score" in omitted else score,
+            report_url=None
+            if "report_url" in omitted
+            else report_url or f"{self.base_url}/reports/{inv['id']}",
             completed_at=rfc3339_now(),
         )
         result = await self._callback(record, "invitation.completed") if callback else None
@@ -513,19 +529,32 @@ class PySandbox:
 
     async def _c_complete(self, request: Request) -> Response:
         body = await read_json_object(request)
-        score, report_url, callback = (
+        score, report_url, callback, omit = (
             body.get("score"),
             body.get("report_url"),
             body.get("callback", True),
+            body.get("omit", []),
         )
-        if not is_number(score) or not 0 <= score <= 100:
+        if (
+            not isinstance(omit, list)
+            or not all(isinstance(f, str) for f in omit)
+            or not set(omit) <= CONTRACT_FIELDS
+        ):
+            raise BadBody(
+                "'omit' must be a list of fields to leave null: 'score', 'report_url'"
+            )
+        if "score" in omit:
+            score = None
+        elif not is_number(score) or not 0 <= score <= 100:
             raise BadBody("'score' must be a number between 0 and 100")
         if report_url is not None and not isinstance(report_url, str):
             raise BadBody("'report_url' must be a string")
         if not isinstance(callback, bool):
             raise BadBody("'callback' must be true or false")
         return self._with_callback(
-            *await self.complete(request.path_params["id"], score, report_url, callback=callback)
+            *await self.complete(
+                request.path_params["id"], score, report_url, callback=callback, omit=omit
+            )
         )
 
     async def _c_expire(self, request: Request) -> Response:

@@ -574,7 +574,8 @@ class ProcessStack:
         return dict(await self._lever("POST", "/reset-stats"))
 
     async def lever_faults(self, **faults: Any) -> dict[str, Any]:
-        """``error_rate`` (share of /v1 calls answered 503), ``rate``, ``burst``."""
+        """``error_rate`` (share of /v1 calls answered 503), ``rate``, ``burst``,
+        ``refuse_key_for`` (seconds every /v1 call answers 401, as while a key is rotated)."""
         return dict(await self._lever("POST", "/faults", json=faults))
 
     async def webhook_deliveries(self) -> list[dict[str, Any]]:

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from cli import render_status, waiting_text
 from sandbox.lever import LeverSandbox
 from sandbox.py import PySandbox
 from tests.integration_stack import ADMIN_TOKEN, SECRETS, Servers, Stack, free_port
@@ -212,6 +214,31 @@ async def test_check_names_the_problem(
     assert_no_secrets(run)
 
 
+async def test_check_fails_while_lever_refuses_the_right_key(
+    sandboxes: Sandboxes, tmp_path: Path
+) -> None:
+    """The configured key is right, but Lever refuses it for now (a key being rotated)."""
+    config = tmp_path / "refused.toml"
+    config.write_text(config_toml(sandboxes))
+    async with httpx.AsyncClient(base_url=sandboxes.lever_url) as control:
+        refused = await control.post("/_sandbox/faults", json={"refuse_key_for": 300})
+        assert refused.status_code == 200 and refused.json()["refuse_key_for"] > 0
+        try:
+            run = await run_cli("check", env=check_env(config))
+        finally:
+            await control.post("/_sandbox/faults", json={"refuse_key_for": 0})
+        stats = (await control.get("/_sandbox/stats")).json()
+    assert run.code == 1, run.text
+    bad = [r for r in rows(run) if r[3].startswith("PROBLEM")]
+    assert [r[:3] for r in bad] == [["acme", "lever key", "GET /stages"]], run.out
+    assert "Lever rejected the API key" in bad[0][3] and "401" in bad[0][3]
+    assert stats["key_refusals"] >= 1
+    assert_no_secrets(run)
+    # Once Lever accepts the key again, the same config passes.
+    again = await run_cli("check", env=check_env(config))
+    assert again.code == 0, again.text
+
+
 async def test_check_exits_2_on_a_bad_config(sandboxes: Sandboxes, tmp_path: Path) -> None:
     config = tmp_path / "unset.toml"
     config.write_text(config_toml(sandboxes))
@@ -229,6 +256,40 @@ async def test_check_exits_2_on_a_bad_config(sandboxes: Sandboxes, tmp_path: Pat
 
 
 # --- status ------------------------------------------------------------------------------
+
+
+def test_render_status_shows_what_a_running_assessment_waits_for() -> None:
+    row = {"kind": "invitation", "test": "Python Basics", "status": "invited",
+           "workflow_id": "invitation:acme:opp-1:stage:1", "execution_status": "running"}
+    body = {
+        "account_id": "acme",
+        "opportunity_id": "opp-1",
+        "assessments": [
+            {**row, "waiting": {
+                "activity": "lever.add_tags", "since": "2026-11-30T11:00:00.123+01:00",
+                "attempts": 7,
+                "last_error": "AuthError: Lever POST /opportunities/{id}/addTags -> 401 Unauthorized",
+            }},
+            {**row, "test": "SQL Fundamentals", "waiting": {
+                "activity": "py.get_invitation", "since": "2026-11-30T09:30:00Z", "attempts": 1,
+                "last_error": "RetryableApiError: Py GET /v1/invitations/{id} -> 503",
+            }},
+            {**row, "kind": "assessment", "test": None, "waiting": None},
+        ],
+    }  # fmt: skip
+    text = render_status(body)
+    waiting = [line for line in text.splitlines() if "waiting for" in line]
+    assert waiting == [
+        "  invitation Python Basics: waiting for Lever since 2026-11-30 10:00 UTC (7 attempts), "
+        "last answer: AuthError: Lever POST /opportunities/{id}/addTags -> 401 Unauthorized",
+        "  invitation SQL Fundamentals: waiting for Py since 2026-11-30 09:30 UTC (1 attempt), "
+        "last answer: RetryableApiError: Py GET /v1/invitations/{id} -> 503",
+    ]
+    # Rows without ``waiting`` (an older API, closed runs) print as before.
+    plain = render_status({**body, "assessments": [{**row, "waiting": None}]})
+    assert "waiting for" not in plain and "retrying" not in plain
+    assert waiting_text({"activity": "lever.move_to_stage"}) == "waiting for Lever"
+
 
 
 async def completed_candidate(stack: Stack) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -302,3 +363,61 @@ async def test_status_reports_refusals(stack: Stack) -> None:
         assert ADMIN_TOKEN not in run.text
         for secret in SECRETS.values():
             assert secret not in run.text
+
+
+# --- cancel ------------------------------------------------------------------------------
+
+
+def test_cancel_parses_its_arguments() -> None:
+    from cli import build_parser, cmd_cancel
+
+    parser = build_parser()
+    args = parser.parse_args(["cancel", "acme", "opp-1"])
+    assert (args.handler, args.account, args.opportunity) == (cmd_cancel, "acme", "opp-1")
+    assert args.stage is None and args.wait == 30.0
+    args = parser.parse_args(["cancel", "acme", "opp-1", "--stage", "Py Assessment", "--wait", "0"])
+    assert args.stage == "Py Assessment" and args.wait == 0.0
+    with pytest.raises(SystemExit) as missing:
+        parser.parse_args(["cancel", "acme"])
+    assert missing.value.code == 2
+
+
+async def test_cancel_when_nothing_runs(
+    sandboxes: Sandboxes, stack: Stack, tmp_path: Path
+) -> None:
+    """No assessment of the candidate: exit 1, each trigger stage's id named; bad input exits 2."""
+    import base64
+
+    from sandbox.lever import PY_ASSESSMENT_STAGE_ID
+    from tests.integration_stack import PAYLOAD_KEY
+
+    config = tmp_path / "pylever.toml"
+    config.write_text(config_toml(sandboxes))
+    target = stack.client.service_client.config.target_host
+    env = check_env(
+        config,
+        TEMPORAL_ADDRESS=target,
+        PYLEVER_PAYLOAD_KEYS=base64.b64encode(PAYLOAD_KEY).decode(),
+    )
+    every, one, by_id, unknown_account, unknown_stage = await asyncio.gather(
+        run_cli("cancel", "acme", "nobody-0001", env=env),
+        run_cli("cancel", "acme", "nobody-0001", "--stage", "Py Assessment", env=env),
+        run_cli("cancel", "acme", "nobody-0001", "--stage", "some-old-stage-id", env=env),
+        run_cli("cancel", "nope", "nobody-0001", env=env),
+        run_cli("cancel", "acme", "nobody-0001", "--stage", "Not A Trigger", env=env),
+    )
+    assert every.code == 1, every.text
+    assert "no running assessment of opportunity nobody-0001 in account acme" in every.err
+    # Both trigger stages ("Py Assessment", "Technical Screen") resolved through GET /stages.
+    not_found = [line for line in every.out.splitlines() if line.startswith("not found ")]
+    assert len(not_found) == 2, every.out
+    assert f"not found assessment:acme:nobody-0001:{PY_ASSESSMENT_STAGE_ID}" in not_found
+    assert one.code == 1 and one.out.splitlines() == [
+        f"not found assessment:acme:nobody-0001:{PY_ASSESSMENT_STAGE_ID}"
+    ], one.text
+    assert by_id.code == 1 and "assessment:acme:nobody-0001:some-old-stage-id" in by_id.out
+    assert unknown_account.code == 2 and "unknown account 'nope'" in unknown_account.err
+    assert unknown_stage.code == 2 and "'Not A Trigger'" in unknown_stage.err, unknown_stage.text
+    for run in (every, one, by_id, unknown_account, unknown_stage):
+        assert_no_secrets(run)
+        assert "Traceback" not in run.text

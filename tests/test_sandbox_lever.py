@@ -480,6 +480,62 @@ async def test_fault_injection_is_seeded(receiver: Receiver) -> None:
     assert {200, 503} == set(first)
 
 
+async def test_refused_key_answers_401_like_a_wrong_key_until_the_time_is_up(
+    receiver: Receiver,
+) -> None:
+    now = [1000.0]
+    async with make_sandbox(receiver, clock=lambda: now[0]) as sandbox, api_client(sandbox) as c:
+        opp = await create(c)
+        async with api_client(sandbox, auth=("wrong-key", "")) as wrong:
+            wrong_body = (await wrong.get("/v1/stages")).json()
+        sandbox.refuse_key_for(10)
+        assert sandbox.key_refused_for == 10
+        for call in (
+            c.get("/v1/stages"),
+            c.get(f"/v1/opportunities/{opp['id']}"),
+            c.post(f"/v1/opportunities/{opp['id']}/addTags", json={"tags": ["t"]}),
+        ):
+            response = await call
+            assert response.status_code == 401
+            assert response.json() == wrong_body  # the same body as a wrong key
+        assert sandbox.opportunity(opp["id"])["tags"] == []  # nothing written
+        assert sandbox.stats.key_refusals == 3
+        now[0] += 9.9
+        assert (await c.get("/v1/stages")).status_code == 401
+        now[0] += 0.2
+        assert sandbox.key_refused_for == 0
+        assert (await c.get("/v1/stages")).status_code == 200
+        stats = (await c.get("/_sandbox/stats")).json()
+        assert stats["key_refusals"] == 4
+        assert stats["requests"]["by_status"]["401"] == 5  # the wrong key's call too
+        assert (await c.post("/_sandbox/reset-stats")).json()["key_refusals"] == 0
+
+
+async def test_refuse_key_through_the_control_endpoint(receiver: Receiver) -> None:
+    now = [1000.0]
+    async with make_sandbox(receiver, clock=lambda: now[0]) as sandbox, api_client(sandbox) as c:
+        faults = (await c.post("/_sandbox/faults", json={"refuse_key_for": 10})).json()
+        assert faults["refuse_key_for"] == 10
+        assert (await c.get("/v1/stages")).status_code == 401
+        now[0] += 4
+        assert (await c.post("/_sandbox/faults", json={})).json()["refuse_key_for"] == 6
+        # The rate limit still comes first, as it does for a wrong key.
+        sandbox.burst = 1
+        sandbox._buckets.clear()
+        statuses = [(await c.get("/v1/stages")).status_code for _ in range(2)]
+        assert statuses == [401, 429]
+        sandbox.burst = 20
+        sandbox._buckets.clear()
+        stopped = (await c.post("/_sandbox/faults", json={"refuse_key_for": 0})).json()
+        assert stopped["refuse_key_for"] == 0
+        assert (await c.get("/v1/stages")).status_code == 200
+        assert sandbox.stats.key_refusals == 2
+        for bad in (-1, "10", True, None):
+            response = await c.post("/_sandbox/faults", json={"refuse_key_for": bad})
+            assert response.status_code == 400, bad
+            assert "refuse_key_for" in response.json()["message"]
+
+
 async def test_reset_stats(client: httpx.AsyncClient) -> None:
     await client.get("/v1/stages")
     reset = (await client.post("/_sandbox/reset-stats")).json()

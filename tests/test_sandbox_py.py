@@ -364,6 +364,40 @@ async def test_complete_sends_result(client: httpx.AsyncClient, receiver: Receiv
         assert response.status_code == 400, bad
 
 
+@pytest.mark.parametrize(
+    ("omit", "body"),
+    [
+        (["report_url"], {"score": 70}),
+        (["score"], {}),
+        (["score", "report_url"], {"score": 70, "report_url": "https://r.example/1"}),
+    ],
+)
+async def test_complete_can_break_the_contract(
+    client: httpx.AsyncClient, receiver: Receiver, omit: list[str], body: dict[str, Any]
+) -> None:
+    """Py promises a score and a report_url with every completed invitation; tests can break it."""
+    inv = await invite(client, key=f"breach-{'-'.join(omit)}")
+    url = f"/_sandbox/invitations/{inv['id']}/complete"
+    result = (await client.post(url, json={**body, "omit": omit})).json()
+    done = result["invitation"]
+    assert done["status"] == "completed" and done["completed_at"]
+    assert done["created_at"] == inv["created_at"]
+    for name in ("score", "report_url"):
+        assert (done[name] is None) == (name in omit), name
+    assert (await client.get(f"/v1/invitations/{inv['id']}")).json() == done
+    [(raw, _)] = receiver.received
+    assert json.loads(raw) == {"event": "invitation.completed", "invitation": done}
+
+
+async def test_complete_refuses_unknown_omissions(client: httpx.AsyncClient) -> None:
+    inv = await invite(client, key="breach-bad")
+    url = f"/_sandbox/invitations/{inv['id']}/complete"
+    for omit in (["id"], "score", [1], ["status"]):
+        response = await client.post(url, json={"score": 50, "omit": omit})
+        assert response.status_code == 400, omit
+    assert (await client.get(f"/v1/invitations/{inv['id']}")).json()["status"] == "invited"
+
+
 async def test_lost_callback_mode_sends_nothing(
     py: PySandbox, client: httpx.AsyncClient, receiver: Receiver
 ) -> None:

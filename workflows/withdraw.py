@@ -5,6 +5,12 @@ invitations and, for an archived candidate, clears the in-progress tags; a
 deleted candidate gets no tag writes. For a deleted candidate, every execution
 that holds its data is then deleted from Temporal.
 
+The assessments are reached by their deterministic ids, one per trigger stage
+of the account (``WithdrawInput.stage_ids``): an archive that arrives 100 ms
+after the stage change reaches the assessment that change started, which a
+visibility query would not list yet. Visibility is asked afterwards too, for an
+assessment of a stage that is no longer a trigger; it is not on the hot path.
+
 This workflow's own execution is kept (until the namespace's retention removes
 it): it is the record that the deletion was carried out (its result is the
 number of executions deleted). It holds no candidate data: its input, activity
@@ -18,6 +24,7 @@ endpoint) finds nothing once the candidate's executions are deleted.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Literal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -25,7 +32,8 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from activities.temporal_ops import CandidateRef, TemporalActivities
     from pylever.models import Withdrawal, WithdrawInput
-    from workflows.assessment import AssessmentWorkflow
+    from workflows import decisions
+    from workflows.assessment import DURABLE, AssessmentWorkflow
 
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 
@@ -35,6 +43,58 @@ class WithdrawCandidateWorkflow:
     @workflow.run
     async def run(self, input: WithdrawInput) -> int:
         ref = CandidateRef(account_id=input.account_id, opportunity_id=input.opportunity_id)
+        if not workflow.patched(DURABLE):
+            return await self._run_v1(input, ref)
+        known = [
+            decisions.assessment_workflow_id(input.account_id, input.opportunity_id, stage_id)
+            for stage_id in dict.fromkeys(input.stage_ids)
+        ]
+        reached = [w for w in known if await self._signal(w, input.reason)]
+        listed: list[str] = await workflow.execute_activity_method(
+            TemporalActivities.running_assessments,
+            ref,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_RETRY,
+        )
+        others = [w for w in listed if w not in known]
+        reached += [w for w in others if await self._signal(w, input.reason)]
+        if input.reason != "deleted":
+            return len(reached)  # the assessments told to withdraw
+        await workflow.execute_activity_method(
+            TemporalActivities.wait_closed,
+            [*known, *others],
+            start_to_close_timeout=timedelta(hours=1),
+            heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=_RETRY,
+        )
+        by_id: list[str] = await workflow.execute_activity_method(
+            TemporalActivities.delete_executions,
+            [*known, *others],
+            start_to_close_timeout=timedelta(minutes=10),
+            heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=_RETRY,
+        )
+        # Earlier runs, and anything visibility still lists: the catch-all after the known ids.
+        swept: int = await workflow.execute_activity_method(
+            TemporalActivities.delete_candidate_executions,
+            ref.model_copy(update={"already_deleted": tuple(by_id)}),
+            start_to_close_timeout=timedelta(minutes=10),
+            heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=_RETRY,
+        )
+        return len(by_id) + swept  # executions deleted
+
+    @staticmethod
+    async def _signal(workflow_id: str, reason: Literal["archived", "deleted"]) -> bool:
+        handle = workflow.get_external_workflow_handle_for(AssessmentWorkflow.run, workflow_id)
+        try:
+            await handle.signal(AssessmentWorkflow.withdraw, Withdrawal(reason=reason))
+        except Exception:  # no such assessment, or it has finished
+            return False
+        return True
+
+    async def _run_v1(self, input: WithdrawInput, ref: CandidateRef) -> int:
+        """The shape shipped before the known-id signals (frozen; replays running executions)."""
         running: list[str] = await workflow.execute_activity_method(
             TemporalActivities.running_assessments,
             ref,
@@ -56,10 +116,11 @@ class WithdrawCandidateWorkflow:
             heartbeat_timeout=timedelta(seconds=30),
             retry_policy=_RETRY,
         )
-        return await workflow.execute_activity_method(
+        deleted: int = await workflow.execute_activity_method(
             TemporalActivities.delete_candidate_executions,
             ref,
             start_to_close_timeout=timedelta(minutes=10),
             heartbeat_timeout=timedelta(seconds=30),
             retry_policy=_RETRY,
         )
+        return deleted

@@ -1,0 +1,137 @@
+"""How the workflows call their activities: timeouts, retry policies, typed wrappers.
+
+Every Lever and Py call is one activity attempt (the clients try once; Temporal
+retries). What is final depends on what is at stake:
+
+- ``SETUP_RETRY``: before an invitation is live (reading the opportunity, finding
+  the tests, creating the invitation). Transient answers (5xx, 429, timeouts,
+  401/403 while a key is rotated) are retried for a day; a 4xx that retrying
+  cannot fix (404, 400, 409, 422) is final.
+- ``durable_retry(settings)``: once an invitation is live at Py, its Lever
+  writes and Py calls are retried until they succeed, for ``expire_after`` + 7
+  days. Only answers that no retry can change are final: the opportunity is gone
+  (404), or Lever refuses the request itself (400 on a stage move to a deleted
+  stage). A 401/403 is *not* final: the customer may be rotating its key.
+
+The failure ``type`` is the client error's class name (``activities.errors``).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    import workflows.decisions as decisions
+    from activities.lever import LeverActivities, LinkWrite, ReadCandidate, StageMove, TagWrite
+    from pylever.models import Candidate, TriggerSettings
+
+# 4xx answers that no retry changes (AuthError is not one: keys get rotated).
+FINAL_ERRORS = [
+    "BadRequestError",
+    "NotFoundError",
+    "ConflictError",
+    "PermanentApiError",
+    "UnknownStageError",
+    "PyContractError",
+]
+START_TO_CLOSE = timedelta(seconds=15)  # the clients time out after 10 s
+SETUP_HORIZON = timedelta(days=1)
+DURABLE_MARGIN = timedelta(days=7)  # beyond expire_after: how long a live invitation's writes are retried
+
+SETUP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=5),
+    non_retryable_error_types=[*FINAL_ERRORS, "UnknownAccount"],
+)
+# An account missing from one worker's configuration (a rolling config change) is retried too.
+# Retries back off to one every 30 minutes: a key rotated in minutes is retried within about a
+# minute of working again; an outage of days costs Lever 48 requests a day per waiting write.
+DURABLE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=30),
+    non_retryable_error_types=FINAL_ERRORS,
+)
+
+
+def durable_horizon(settings: TriggerSettings) -> timedelta:
+    """How long a write of a live invitation is retried: ``expire_after`` + 7 days."""
+    return timedelta(seconds=settings.expire_after_seconds) + DURABLE_MARGIN
+
+
+class LeverOps:
+    """Lever activities of one candidate, on the account's rate-limited task queue.
+
+    ``horizon`` None: setup calls (a day, ``SETUP_RETRY``). A timedelta: the
+    durable calls of a live invitation (``DURABLE_RETRY`` for that long).
+    """
+
+    def __init__(
+        self, account_id: str, opportunity_id: str, horizon: timedelta | None = None
+    ) -> None:
+        self.account_id = account_id
+        self.opportunity_id = opportunity_id
+        self.task_queue = decisions.lever_task_queue(workflow.info().task_queue, account_id)
+        self._horizon = horizon
+
+    def durable(self, horizon: timedelta) -> LeverOps:
+        return LeverOps(self.account_id, self.opportunity_id, horizon)
+
+    async def _run(self, method: Any, arg: Any) -> Any:
+        return await workflow.execute_activity_method(
+            method,
+            arg,
+            task_queue=self.task_queue,
+            start_to_close_timeout=START_TO_CLOSE,
+            schedule_to_close_timeout=self._horizon or SETUP_HORIZON,
+            retry_policy=SETUP_RETRY if self._horizon is None else DURABLE_RETRY,
+        )
+
+    async def read_candidate(self, stage_id: str) -> Candidate:
+        result: Candidate = await self._run(
+            LeverActivities.read_candidate,
+            ReadCandidate(
+                account_id=self.account_id, opportunity_id=self.opportunity_id, stage_id=stage_id
+            ),
+        )
+        return result
+
+    async def change_tags(self, change: decisions.TagChange) -> None:
+        if change.remove:
+            await self._run(LeverActivities.remove_tags, self._tags(change.remove))
+        if change.add:
+            await self._run(LeverActivities.add_tags, self._tags(change.add))
+
+    async def add_link(self, link: str) -> None:
+        await self._run(
+            LeverActivities.add_links,
+            LinkWrite(account_id=self.account_id, opportunity_id=self.opportunity_id, links=(link,)),
+        )
+
+    async def move_to_stage(self, stage: str) -> None:
+        await self._run(
+            LeverActivities.move_to_stage,
+            StageMove(account_id=self.account_id, opportunity_id=self.opportunity_id, stage=stage),
+        )
+
+    def _tags(self, tags: tuple[str, ...]) -> TagWrite:
+        return TagWrite(account_id=self.account_id, opportunity_id=self.opportunity_id, tags=tags)
+
+
+async def py_call(method: Any, arg: Any, horizon: timedelta | None = None) -> Any:
+    """A Py activity: setup policy by default, the durable one with a ``horizon``."""
+    return await workflow.execute_activity_method(
+        method,
+        arg,
+        start_to_close_timeout=START_TO_CLOSE,
+        schedule_to_close_timeout=horizon or SETUP_HORIZON,
+        retry_policy=SETUP_RETRY if horizon is None else DURABLE_RETRY,
+    )
+
+
+__all__ = ["DURABLE_RETRY", "FINAL_ERRORS", "SETUP_RETRY", "LeverOps", "durable_horizon", "py_call"]

@@ -1,10 +1,10 @@
-# py-lever: make install | make run | make test | make bench | make lint
+# py-lever: make install | make run | make test | make test-quick | make bench | make lint
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench lint check clean
+.PHONY: install run test test-quick bench lint check clean
 
 install: $(STAMP)
 
@@ -19,6 +19,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Everything but the real-process fault, load and durability runs (marked slow): about half the time.
+test-quick: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m bench.run

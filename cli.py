@@ -423,4 +423,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextI
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not sys.exit: the Temporal client's runtime threads (cancel) can abort the
+    # interpreter's finalization ("PyGILState_Release ... finalizing"), which turned
+    # exit 1 into a crash now and then. Everything is written and flushed by now.
+    os._exit(code)

@@ -686,13 +686,23 @@ class AssessmentWorkflow(AssessmentV1):
         return self._end(decisions.overall_status(results), reason, tuple(results))
 
     async def _earlier_invitations(self, child_ids: list[str]) -> dict[str, str]:
-        """Invitation ids of the earlier run's children (a re-run adopts those still open)."""
-        found: dict[str, str] = await workflow.execute_activity_method(
-            TemporalActivities.previous_invitations,
-            child_ids,
-            start_to_close_timeout=timedelta(seconds=30),
-            schedule_to_close_timeout=timedelta(hours=1),
-        )
+        """Invitation ids of the earlier run's children (a re-run adopts those still open).
+
+        If Temporal cannot tell within an hour, the children start without: Py's
+        idempotency key still returns the invitation of the same entry into the stage.
+        """
+        try:
+            found: dict[str, str] = await workflow.execute_activity_method(
+                TemporalActivities.previous_invitations,
+                child_ids,
+                start_to_close_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=timedelta(hours=1),
+            )
+        except ActivityError as exc:
+            if is_cancelled_exception(exc):
+                raise
+            workflow.logger.warning("earlier invitations unknown: %s", _error_message(exc))
+            return {}
         return found
 
     async def _child_results(self) -> list[InvitationResult]:

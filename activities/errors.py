@@ -8,7 +8,7 @@ Inside an activity the clients make one attempt (``max_attempts=1``) and
 Temporal's retry policy does the backoff, so each Lever request is one
 rate-limited activity task. The failure's ``type`` is the error class
 (``AuthError``, ``NotFoundError``, ...): the workflow's retry policy decides
-which types are final (``workflows.retries``), so one answer can be final for a
+which types are final (``workflows.calls``), so one answer can be final for a
 Py invitation and retried for days for a Lever write that must land (a 401
 while a Lever key is rotated). A 429 asks Temporal to wait at least the time
 the service named.

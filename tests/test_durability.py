@@ -295,3 +295,54 @@ async def test_a_rerun_applies_a_result_the_earlier_run_never_wrote(
     assert inv.invitation_id == case.invitation_id
     assert py_tags(lc, case.opp) == {TAG_FAIL}
     assert len(s.invitations(case.opp)) == 1
+
+
+async def test_a_cancel_while_py_creates_the_invitation_still_cancels_it(lc: Lifecycle) -> None:
+    """The create is shielded: the workflow learns the new invitation's id, then cancels it."""
+    s = lc.stack
+    opp = s.candidate("Racing Rae", "racing.rae@example.com")
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        arrived.set()
+        await asyncio.wait_for(release.wait(), 8)
+
+    with lc.py_spy.hook("POST", "/v1/invitations", before=hold):
+        attempt = await s.move(opp, "Py Assessment")
+        child = s.client.get_workflow_handle(
+            invitation_workflow_id(attempt.body["workflow_id"], PY_TESTS["Python Basics"])
+        )
+        await asyncio.wait_for(arrived.wait(), 20)  # Py is creating it now
+        await child.cancel()
+        await asyncio.sleep(1)  # the cancel reaches the workflow while the create is held
+        release.set()
+        assert await closed(child) == WorkflowExecutionStatus.CANCELED
+    [invitation] = s.invitations(opp)
+    assert invitation["status"] == "cancelled"
+    assert py_tags(lc, opp) == set()
+    assert (await details(child))["invitation_id"] == invitation["id"]
+
+
+async def test_a_cancel_while_a_rerun_adopts_cancels_the_earlier_invitation(
+    lc: Lifecycle,
+) -> None:
+    s = lc.stack
+    case = await invited(lc, "Adopting Abe")
+    await case.child.terminate("simulates a run that ended without its result")
+    await result(lc, case)
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        arrived.set()
+        await asyncio.wait_for(release.wait(), 8)
+
+    with lc.py_spy.hook("GET", case.inv_path, before=hold):
+        await s.move(case.opp, "Phone screen")
+        await s.move(case.opp, "Py Assessment")
+        await asyncio.wait_for(arrived.wait(), 20)  # the re-run asks Py about it
+        await case.child.cancel()
+        await asyncio.sleep(1)
+        release.set()
+        assert await closed(case.child) == WorkflowExecutionStatus.CANCELED
+    assert py_status(lc, case) == "cancelled"
+    assert len(s.invitations(case.opp)) == 1

@@ -205,7 +205,10 @@ async def test_worker_sigkilled_mid_flight_then_restarted(stack: ProcessStack) -
     invitations = await wait_one_invitation_each(stack, opps, timeout=120)
     assert set(await complete_all(stack, invitations, scores)) == {202}
     # An addTags that reached Lever just before the kill is retried: at most one extra write.
-    await assert_converged(stack, scores, invited_writes=(1, 2), timeout=120)
+    # None at all when the candidate completed the test before the restarted worker learned
+    # the invitation was sent (Py answers the retried create with the completed invitation,
+    # whose result is applied straight away: "Py - Invited" would be removed at once).
+    await assert_converged(stack, scores, invited_writes=(0, 1, 2), timeout=120)
     assert (await stack.py_stats())["invitations_created"] == len(opps)
 
 

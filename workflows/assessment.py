@@ -38,6 +38,7 @@ from temporalio.exceptions import (
     ApplicationError,
     CancelledError,
     ChildWorkflowError,
+    WorkflowAlreadyStartedError,
     is_cancelled_exception,
 )
 from temporalio.exceptions import TimeoutError as TemporalTimeout
@@ -53,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
     from pylever.models import (
         AssessmentInput,
         AssessmentResult,
+        Candidate,
         ChosenTest,
         InvitationInput,
         InvitationRecord,
@@ -118,6 +120,8 @@ class InvitationWorkflow(InvitationV1):
         self._halt: str | None = None  # LEVER_GONE / PY_CONTRACT / LEVER_UNREACHABLE
         self._cosmetic: asyncio.Task[None] | None = None  # the last queued cosmetic tag write
         self._creating: asyncio.Task[InvitationRecord] | None = None
+        self._adopting: str | None = None  # an earlier run's invitation, while Py is asked
+        self._outcome: asyncio.Task[None] | None = None  # writing the outcome
 
     # --- signals and queries -------------------------------------------------
 
@@ -193,12 +197,16 @@ class InvitationWorkflow(InvitationV1):
             if invitation.status == "started":
                 self._started_seen = True
             await self._wait_for_outcome(invitation.id)
-        await self._apply_outcome()
+        # Shielded: a cancel that arrives while the outcome is written waits for it.
+        self._outcome = asyncio.create_task(self._apply_outcome())
+        await asyncio.shield(self._outcome)
 
     async def _open_invitation(self, input: InvitationInput) -> InvitationRecord | None:
         """The invitation this workflow follows: an earlier run's still open one, or a new one."""
         if input.adopt_invitation_id is not None:
+            self._adopting = input.adopt_invitation_id  # a cancel meanwhile cancels it at Py
             adopted = await self._adopt(input.adopt_invitation_id)
+            self._adopting = None
             if adopted is not None:
                 return adopted
         request = CreateInvitation(
@@ -219,7 +227,10 @@ class InvitationWorkflow(InvitationV1):
                 raise
             await self._refused(exc)
             return None
-        self._sent_at = workflow.now()
+        # Py's idempotency key may have returned an invitation it created earlier: keep its clock.
+        now = workflow.now()
+        created = invitation.created_at
+        self._sent_at = created if created is not None and created <= now else now
         return invitation
 
     async def _adopt(self, invitation_id: str) -> InvitationRecord | None:
@@ -471,6 +482,11 @@ class InvitationWorkflow(InvitationV1):
         in-progress tags, no verdict. True: end cancelled; False: Py already held the result,
         which has been applied."""
         workflow.logger.info("cancel requested: cancelling the invitation at Py")
+        if self._outcome is not None:
+            await self._outcome  # the outcome was being written: it stands
+            return False
+        if self._invitation_id is None and self._adopting is not None:
+            self._invitation_id = self._adopting  # Py was being asked about it: cancel it
         if self._invitation_id is None and self._creating is not None:
             try:
                 self._invitation_id = (await self._creating).id  # it may be live: learn its id
@@ -575,8 +591,9 @@ class AssessmentWorkflow(AssessmentV1):
             self._told.add(child.id)
             try:
                 await child.signal(InvitationWorkflow.withdraw, self._withdrawal)
-            except Exception:  # the child has finished already
-                pass
+            except Exception as exc:  # the child has finished already
+                if is_cancelled_exception(exc):
+                    raise
 
     @workflow.query(name="status")
     def status(self) -> dict[str, object]:
@@ -623,9 +640,16 @@ class AssessmentWorkflow(AssessmentV1):
 
         settings = input.settings
         names = decisions.names_to_look_up(candidate.tags, settings.default_test)
-        py_tests: dict[str, str] = (
-            await py_call(PyActivities.find_tests, FindTests(names=tuple(names))) if names else {}
-        )
+        try:
+            py_tests: dict[str, str] = (
+                await py_call(PyActivities.find_tests, FindTests(names=tuple(names)))
+                if names
+                else {}
+            )
+        except ActivityError as exc:
+            if is_cancelled_exception(exc):
+                raise
+            return self._end(Status.ERROR, f"cannot list Py's tests: {_error_message(exc)}")
         choice = decisions.choose_tests(candidate.tags, py_tests, settings.default_test)
         if not choice.tests:
             return await self._end_tagged(
@@ -651,16 +675,53 @@ class AssessmentWorkflow(AssessmentV1):
         parent_id = workflow.info().workflow_id
         child_ids = {t.id: decisions.invitation_workflow_id(parent_id, t.id) for t in choice.tests}
         earlier = await self._earlier_invitations(list(child_ids.values())) if input.rerun else {}
+        busy: list[InvitationResult] = []  # tests whose earlier invitation workflow still runs
         for test in choice.tests:
             if self._withdrawal is not None:
                 break  # withdrawn while starting: start no more children
-            handle = await workflow.start_child_workflow(
+            try:
+                handle = await self._start_child(input, candidate, test, choice, child_ids, earlier)
+            except WorkflowAlreadyStartedError:
+                busy.append(
+                    InvitationResult(
+                        test=test,
+                        status=Status.ERROR,
+                        error="the earlier run's invitation workflow is still finishing "
+                        "(cancelling at Py); move the candidate out and back in later",
+                    )
+                )
+                continue
+            self._children.append(handle)
+            self._started.append(test)
+            await self._forward_withdrawal()
+        if not self._started:
+            if busy:
+                return self._end(Status.ERROR, busy[0].error, tuple(busy))
+            assert self._withdrawal is not None
+            return self._end(Status.CANCELLED, f"candidate {self._withdrawal.reason}")
+        self._set_status(Status.INVITED)
+        results = [*await self._child_results(), *busy]
+        reason = None
+        if len(choice.tests) > 1 and self._withdrawal is None:
+            reason = await self._conclude_several(lever, results)
+        return self._end(decisions.overall_status(results), reason, tuple(results))
+
+    async def _start_child(
+        self,
+        input: AssessmentInput,
+        candidate: Candidate,
+        test: ChosenTest,
+        choice: decisions.Choice,
+        child_ids: dict[str, str],
+        earlier: dict[str, str],
+    ) -> workflow.ChildWorkflowHandle[Any, InvitationResult]:
+        return await workflow.start_child_workflow(
                 InvitationWorkflow.run,
                 InvitationInput(
                     account_id=input.account_id,
                     opportunity_id=input.opportunity_id,
                     stage_id=input.stage_id,
-                    settings=settings,
+                    settings=input.settings,
                     test=test,
                     candidate_name=candidate.name,
                     candidate_email=candidate.email,
@@ -672,18 +733,6 @@ class AssessmentWorkflow(AssessmentV1):
                 parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
                 static_summary=decisions.summary(candidate.name, test.name, Status.RESOLVING),
             )
-            self._children.append(handle)
-            self._started.append(test)
-            await self._forward_withdrawal()
-        if not self._started:
-            assert self._withdrawal is not None
-            return self._end(Status.CANCELLED, f"candidate {self._withdrawal.reason}")
-        self._set_status(Status.INVITED)
-        results = await self._child_results()
-        reason = None
-        if len(choice.tests) > 1 and self._withdrawal is None:
-            reason = await self._conclude_several(lever, results)
-        return self._end(decisions.overall_status(results), reason, tuple(results))
 
     async def _earlier_invitations(self, child_ids: list[str]) -> dict[str, str]:
         """Invitation ids of the earlier run's children (a re-run adopts those still open).

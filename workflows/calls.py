@@ -26,7 +26,14 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     import workflows.decisions as decisions
-    from activities.lever import LeverActivities, LinkWrite, ReadCandidate, StageMove, TagWrite
+    from activities.lever import (
+        LeverActivities,
+        LinkWrite,
+        OpportunityRef,
+        ReadCandidate,
+        StageMove,
+        TagWrite,
+    )
     from pylever.models import Candidate, TriggerSettings
 
 # 4xx answers that no retry changes (AuthError is not one: keys get rotated).
@@ -46,9 +53,8 @@ SETUP_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=5),
-    non_retryable_error_types=[*FINAL_ERRORS, "UnknownAccount"],
+    non_retryable_error_types=[*FINAL_ERRORS, "UnknownAccount"],  # (it is also non_retryable)
 )
-# An account missing from one worker's configuration (a rolling config change) is retried too.
 # Retries back off to one every 30 minutes: a key rotated in minutes is retried within about a
 # minute of working again; an outage of days costs Lever 48 requests a day per waiting write.
 DURABLE_RETRY = RetryPolicy(
@@ -100,6 +106,14 @@ class LeverOps:
             ),
         )
         return result
+
+    async def opportunity_state(self) -> str:
+        """``active``, ``archived`` or ``gone``: what Lever says of the opportunity now."""
+        state: str = await self._run(
+            LeverActivities.opportunity_state,
+            OpportunityRef(account_id=self.account_id, opportunity_id=self.opportunity_id),
+        )
+        return state
 
     async def change_tags(self, change: decisions.TagChange) -> None:
         if change.remove:

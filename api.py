@@ -4,7 +4,9 @@ It verifies, validates and hands over to Temporal; it never calls Lever or Py
 inline, except the cached ``GET /stages`` that tells trigger stages apart.
 
 Run: ``python -m uvicorn api:app --host 127.0.0.1 --port 8000`` with
-``PYLEVER_CONFIG`` set. ``create_app`` builds an app for tests.
+``PYLEVER_CONFIG`` set. ``create_app`` builds an app for tests. Add
+``--http pylever.http_server:TimedH11Protocol`` (or set ``UVICORN_HTTP`` to it, as the
+Docker image does) for the header timeout; body limits (``pylever.http_limits``) need no flag.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -34,13 +37,16 @@ from pylever import metrics
 from pylever.codec import codec_from_env, data_converter
 from pylever.codec_server import codec_routes
 from pylever.config import AppConfig, load_config_or_exit
+from pylever.deliveries import DeliveryLedger
 from pylever.errors import ApiError
 from pylever.gateway import Gateway, TemporalUnavailable
+from pylever.http_limits import BODY_TIMEOUT, BodyLimits, body_timeout_from_env
 from pylever.lever_client import LeverClient
 from pylever.logs import configure_logging, log_event
-from pylever.models import AssessmentInput, InvitationRecord, PyEvent
+from pylever.models import AssessmentInput, InvitationRecord, PyEvent, report_url_problem
 from pylever.settings import Settings
 from pylever.signatures import PySignatureError, verify_lever_webhook, verify_py_signature
+from pylever.throttle import AdminThrottle, client_address
 from pylever.triggers import TriggerMatcher, trigger_settings
 from workflows.decisions import is_invitation_reference
 
@@ -48,6 +54,7 @@ log = logging.getLogger("pylever.api")
 
 MAX_BODY_BYTES = 1024 * 1024
 _LEVER_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # used with fullmatch
+_STATUS_ENDPOINT = "GET /accounts/{account_id}/candidates/{opportunity_id}"  # a metrics label
 
 
 # --- errors ----------------------------------------------------------------------
@@ -155,11 +162,18 @@ def validate_callback(payload: Mapping[str, Any]) -> tuple[str, PyEvent]:
     inv = callback.invitation
     if callback.event == "invitation.completed":
         score = inv.score
-        if score is None or not math.isfinite(score) or not 0 <= score <= 100:
+        # A float must be finite; an int is compared as it is (math.isfinite overflows on
+        # a 400-digit int, and float() would round a huge one into range).
+        if (
+            score is None
+            or (isinstance(score, float) and not math.isfinite(score))
+            or not 0 <= score <= 100
+        ):
             raise HttpError(422, "invalid_score", "a completed invitation needs a score in 0..100")
-        # fullmatch: "$" would also accept a trailing newline.
-        if not inv.report_url or not re.fullmatch(r"https?://\S+", inv.report_url):
+        if not inv.report_url:
             raise HttpError(422, "invalid_report_url", "a completed invitation needs a report_url")
+        if problem := report_url_problem(inv.report_url):  # https, <= 2,048, no user info
+            raise HttpError(422, "invalid_report_url", f"the report_url {problem}")
     status = {
         "invitation.started": "started",
         "invitation.completed": "completed",
@@ -192,6 +206,7 @@ class Service:
         self.settings = settings
         self.gateway = gateway
         self.matchers = dict(matchers)
+        self.deliveries = DeliveryLedger()  # a delivery token is bound to its first body
 
     # Lever ------------------------------------------------------------------
 
@@ -206,6 +221,12 @@ class Service:
         if not verify_lever_webhook(body, account.signature_tokens()):
             return self._webhook_done(
                 401, account_id, event, "bad_signature", "signature missing or wrong"
+            )
+        if not self.deliveries.admit(account_id, str(body["token"]), body):
+            # Genuine retries repeat the body; the signature does not cover it.
+            return self._webhook_done(
+                401, account_id, event, "replayed_token",
+                "this delivery's token came before with another body",
             )
         data = body.get("data")
         if not isinstance(data, dict):
@@ -287,6 +308,8 @@ class Service:
                   outcome=outcome, **{k: v for k, v in fields.items() if v is not None})
         if error is not None:
             code = {401: "bad_signature", 404: "unknown_account"}.get(status, outcome)
+            if outcome == "replayed_token":
+                code = outcome
             return error_response(status, code, error)
         return JSONResponse(body or {}, status_code=status)
 
@@ -342,19 +365,34 @@ class Service:
         await metrics.refresh_assessment_gauge(self.gateway.client)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    def _require_admin(self, request: Request) -> None:
+    def _require_admin(self, request: Request) -> Response | None:
+        """None for the admin token; raises 401 for no or a wrong token; a 429 response while
+        the client's budget of wrong tokens is spent."""
         expected = self.settings.admin_token
         given = request.headers.get("authorization", "")
         scheme, _, token = given.partition(" ")
-        if (
-            not expected
-            or scheme.lower() != "bearer"
-            or not hmac.compare_digest(token.strip().encode(), expected.encode())
-        ):
+        token = token.strip()
+        if not expected or scheme.lower() != "bearer" or not token:  # no guess: not throttled
             raise HttpError(401, "unauthorized", "a valid admin bearer token is required")
+        # Wrong tokens are throttled per client (pylever.throttle), shared with /codec.
+        throttle: AdminThrottle = request.app.state.admin_throttle
+        client = client_address(request)
+        wait = throttle.retry_after(client, _STATUS_ENDPOINT)
+        if wait is not None:  # before the comparison: a right token is refused too
+            refused = error_response(
+                429, "too_many_attempts",
+                f"too many wrong admin tokens from this address; retry in {wait} s",
+            )  # fmt: skip
+            refused.headers["Retry-After"] = str(wait)
+            return refused
+        if not hmac.compare_digest(token.encode("utf-8", errors="replace"), expected.encode()):
+            throttle.failed(client, _STATUS_ENDPOINT)
+            raise HttpError(401, "unauthorized", "a valid admin bearer token is required")
+        return None
 
     async def candidate_status(self, request: Request) -> Response:
-        self._require_admin(request)
+        if (refused := self._require_admin(request)) is not None:
+            return refused
         account_id = request.path_params["account_id"]
         opportunity_id = request.path_params["opportunity_id"]
         if self.config.account(account_id) is None:
@@ -426,8 +464,11 @@ def create_app(
     *,
     client: Client | None = None,
     lever_clients: Mapping[str, LeverClient] | None = None,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> Starlette:
-    """The ASGI app. Without ``client`` it connects (lazily) to Temporal at start-up."""
+    """The ASGI app. Without ``client`` it connects (lazily) to Temporal at start-up.
+
+    ``body_timeout``: seconds a request body may take to arrive (``pylever.http_limits``)."""
     codec = codec_from_env({"PYLEVER_PAYLOAD_KEYS": settings.payload_keys or ""})
     converter = data_converter(codec)
     owned_lever = lever_clients is None
@@ -451,12 +492,16 @@ def create_app(
                 for lever in levers.values():
                     await lever.aclose()
 
+    admin_throttle = AdminThrottle()  # wrong admin tokens per client: /codec and status
     codec_extra = codec_routes(
-        codec, admin_token=settings.admin_token or "", cors_origins=settings.ui_origins
+        codec, admin_token=settings.admin_token or "", cors_origins=settings.ui_origins,
+        throttle=admin_throttle,
     ) if settings.admin_token else []
     app = Starlette(
         routes=build_routes(codec_extra),
         lifespan=lifespan,
+        # Body timeout, quiet disconnects, no 413 racing an unread body; every route.
+        middleware=[Middleware(BodyLimits, body_timeout=body_timeout)],
         exception_handlers={
             HttpError: _http_error,
             HTTPException: _starlette_error,
@@ -464,6 +509,7 @@ def create_app(
             Exception: _unexpected,
         },
     )
+    app.state.admin_throttle = admin_throttle
     return app
 
 
@@ -473,8 +519,8 @@ def app_from_env() -> Starlette:
     settings = Settings.from_env()
     config = load_config_or_exit(settings.config_path, "api")
     try:
-        return create_app(config, settings)
-    except ValueError as exc:  # PYLEVER_PAYLOAD_KEYS
+        return create_app(config, settings, body_timeout=body_timeout_from_env())
+    except ValueError as exc:  # PYLEVER_PAYLOAD_KEYS, PYLEVER_BODY_TIMEOUT
         print(f"py-lever api: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

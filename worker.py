@@ -136,6 +136,7 @@ def build_workers(
                 task_queue=lever_task_queue(task_queue, account.id),
                 activities=[
                     lever_activities.read_candidate,
+                    lever_activities.opportunity_state,
                     lever_activities.add_tags,
                     lever_activities.remove_tags,
                     lever_activities.add_links,

@@ -131,6 +131,23 @@ class LeverActivities:
             stage_entries=sum(1 for c in opp.stageChanges if c.toStageId == req.stage_id),
         )
 
+    @activity.defn(name="lever.opportunity_state")
+    async def opportunity_state(self, req: OpportunityRef) -> str:
+        """``active``, ``archived``, or ``gone`` (Lever answers 404): what Lever says now.
+
+        A withdrawal (archive, delete webhook) is carried out only when this confirms it:
+        Lever's signature does not cover a webhook's ``data``.
+        """
+        client = self._client(req.account_id)
+        try:
+            with self._lever_calls(req.account_id):
+                opp = await client.get_opportunity(req.opportunity_id)
+        except ApplicationError as exc:
+            if exc.type == "NotFoundError":
+                return "gone"
+            raise
+        return "archived" if opp.is_archived else "active"
+
     @activity.defn(name="lever.add_tags")
     async def add_tags(self, req: TagWrite) -> None:
         client = self._client(req.account_id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 
 from pydantic import BaseModel, ConfigDict
 from temporalio import activity
@@ -11,7 +10,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.errors import activity_errors
 from pylever.errors import ConflictError, NotFoundError
-from pylever.models import InvitationRecord
+from pylever.models import InvitationRecord, report_url_problem
 from pylever.py_client import Invitation, PyClient
 
 
@@ -33,19 +32,20 @@ PY_CONTRACT_ERROR = "PyContractError"
 
 
 def _contract_breaches(invitation: Invitation) -> list[str]:
-    """What a completed invitation lacks of Py's contract (a score in 0..100, a report_url)."""
+    """What a completed invitation lacks of Py's contract: a score in 0..100, a report_url
+    that is https, at most 2,048 characters and without user info (as api.validate_callback)."""
     if invitation.status != "completed":
         return []
     breaches = []
     score = invitation.score
     if score is None:
         breaches.append("without a score")
-    elif not math.isfinite(score) or not 0 <= score <= 100:
+    elif (isinstance(score, float) and not math.isfinite(score)) or not 0 <= score <= 100:
         breaches.append("with a score outside 0..100")  # the value is the candidate's: not named
     if not invitation.report_url:
         breaches.append("without a report_url")
-    elif not re.fullmatch(r"https?://\S+", invitation.report_url):  # as api.validate_callback
-        breaches.append("with a report_url that is not an http(s) URL")
+    elif problem := report_url_problem(invitation.report_url):
+        breaches.append(f"with a report_url that {problem}")
     return breaches
 
 

@@ -24,7 +24,11 @@ Operators in the Web UI: a browser session instead of the bearer token
 (HMAC-SHA256 over its expiry with a key derived from the admin token; HttpOnly,
 SameSite=Lax, Path=/codec, ``Secure`` on https, 8 hours by default), which
 ``/codec/decode`` and ``/codec/encode`` accept instead of the bearer token.
-``POST /codec/logout`` clears it. Changing the admin token ends every session.
+``POST /codec/logout`` clears it and revokes it: this process refuses that cookie
+value until its expiry even if it was copied. Revocation is kept in memory, per
+process (at most ``MAX_REVOKED`` values, pruned as they expire): with several API
+replicas a cookie revoked on one is still accepted by the others, and a restart
+forgets it; changing the admin token ends every session on every replica.
 
 The browser sends the cookie with the UI's codec requests only when
 
@@ -40,6 +44,16 @@ The browser sends the cookie with the UI's codec requests only when
   ``127.0.0.1:8000`` are, ``localhost:8233`` and ``127.0.0.1:8000`` are not;
   in production serve both under one registrable domain, over https.
 
+Limits. Bodies of ``/codec/decode`` and ``/codec/encode`` are at most
+``MAX_BODY_BYTES`` (4 MiB; 413 ``payload_too_large`` above; Temporal's own payload limit
+is 2 MiB, 2.7 MiB as base64). Parsing, the codec and the answer's JSON run in a worker
+thread (at most ``CODEC_THREADS`` at a time), on an event loop of their own, so the API
+keeps answering other requests meanwhile; the codec therefore must not use anything
+bound to the API's event loop (``AesGcmCodec`` does not). Wrong admin tokens (login,
+bearer) are throttled per client address by :class:`pylever.throttle.AdminThrottle`:
+429 ``too_many_attempts`` with ``Retry-After``. A valid session cookie wins over a bearer
+token: with one, the bearer token is not looked at (and cannot be guessed through it).
+
 Cookie-authenticated codec requests must be ``application/json`` (a cross-site
 form cannot send that without a CORS preflight) and, when the browser names an
 ``Origin``, come from a UI origin or the API itself.
@@ -47,6 +61,7 @@ form cannot send that without a CORS preflight) and, when the browser names an
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -67,10 +82,13 @@ from temporalio.api.common.v1 import Payloads
 from temporalio.converter import PayloadCodec
 
 from pylever.codec import CodecError
+from pylever.throttle import AdminThrottle, client_address
 
 __all__ = [
     "CODEC_PATH",
+    "CODEC_THREADS",
     "MAX_BODY_BYTES",
+    "MAX_REVOKED",
     "SESSION_COOKIE",
     "SESSION_TTL",
     "CodecSessions",
@@ -78,12 +96,15 @@ __all__ = [
 ]
 
 CODEC_PATH = "/codec"
-MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_BODY_BYTES = 4 * 1024 * 1024
+CODEC_THREADS = 2  # concurrent decode/encode requests in worker threads; more wait their turn
+MAX_REVOKED = 10_000  # revoked, unexpired cookie values remembered (soonest expiry dropped first)
 # The Web UI also sends Authorization-Extras (its ID token) when it passes its access token.
 ALLOWED_HEADERS = ("Authorization", "Authorization-Extras", "Content-Type", "X-Namespace")
 SESSION_COOKIE = "pylever_codec"
 SESSION_TTL = timedelta(hours=8)
 LOGIN_BODY_BYTES = 8 * 1024
+LOGIN_ENDPOINT = f"POST {CODEC_PATH}/login"
 _SESSION_KEY_LABEL = b"py-lever codec session v1"
 
 
@@ -93,12 +114,23 @@ def _error(status: int, code: str, message: str, **headers: str) -> JSONResponse
     )
 
 
-def _bearer_ok(request: Request, expected: bytes) -> bool:
+def _bearer(request: Request) -> bytes | None:
+    """The bearer token presented, or None when there is none (no guess to count)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
+    token = token.strip()
     if scheme.lower() != "bearer" or not token:
-        return False
-    return hmac.compare_digest(token.strip().encode("utf-8", errors="replace"), expected)
+        return None
+    return token.encode("utf-8", errors="replace")
+
+
+def _throttled(wait: int) -> JSONResponse:
+    return _error(
+        429,
+        "too_many_attempts",
+        f"too many wrong admin tokens from this address; retry in {wait} s",
+        **{"Retry-After": str(wait)},
+    )
 
 
 class CodecSessions:
@@ -106,6 +138,7 @@ class CodecSessions:
 
     The HMAC key is derived from the admin token, so a new token ends every
     session; the cookie holds no secret and nothing about the operator.
+    :meth:`revoke` (logout) makes this instance refuse a value until it expires.
     """
 
     def __init__(
@@ -120,6 +153,7 @@ class CodecSessions:
         if self.ttl_seconds <= 0:
             raise ValueError("the session lifetime must be positive")
         self._clock = clock
+        self._revoked: dict[str, int] = {}  # nonce -> expiry (unix seconds)
 
     def _mac(self, body: str) -> str:
         return hmac.new(self._key, body.encode("ascii"), hashlib.sha256).hexdigest()
@@ -144,7 +178,32 @@ class CodecSessions:
             return None
         if int(expires) <= self._clock():
             return None
+        if nonce in self._revoked:
+            return None
         return int(expires)
+
+    def revoke(self, value: str | None) -> bool:
+        """Refuse a genuine, unexpired cookie value from now until its expiry.
+
+        Only values this key signed are remembered (a forged one is refused anyway),
+        expired ones are pruned, and past ``MAX_REVOKED`` the soonest to expire is dropped.
+        """
+        expires = self.expiry(value)
+        if expires is None or value is None:
+            return False
+        now = self._clock()
+        for nonce, until in list(self._revoked.items()):
+            if until <= now:
+                del self._revoked[nonce]
+        while len(self._revoked) >= MAX_REVOKED:
+            del self._revoked[min(self._revoked, key=self._revoked.__getitem__)]
+        self._revoked[value.split(".")[2]] = expires
+        return True
+
+    @property
+    def revoked(self) -> int:
+        """How many values are remembered as revoked."""
+        return len(self._revoked)
 
 
 def _parse_payloads(raw: bytes) -> Payloads | JSONResponse:
@@ -255,7 +314,7 @@ def _login_token(raw: bytes, as_json: bool) -> str | None:
 
 
 def _session_routes(
-    sessions: CodecSessions, expected: bytes, origins: Sequence[str]
+    sessions: CodecSessions, expected: bytes, origins: Sequence[str], throttle: AdminThrottle
 ) -> list[BaseRoute]:
     def page(request: Request, body: str, status: int = 200) -> HTMLResponse:
         endpoint = f"{_own_origin(request)}{_cookie_path(request)}"
@@ -283,9 +342,19 @@ def _session_routes(
         raw = await _read_limited(request, LOGIN_BODY_BYTES)
         if raw is None:
             return _error(413, "payload_too_large", f"body over {LOGIN_BODY_BYTES} bytes")
+        client = client_address(request)
+        wait = throttle.retry_after(client, LOGIN_ENDPOINT)
+        if wait is not None:  # before the token is looked at: a right one is refused too
+            if as_json:
+                return _throttled(wait)
+            note = f"Too many wrong tokens from your address: try again in {wait} seconds."
+            refused = form(request, note, 429)
+            refused.headers["Retry-After"] = str(wait)
+            return refused
         token = _login_token(raw, as_json)
         given = (token or "").strip().encode("utf-8", errors="replace")
         if not given or not hmac.compare_digest(given, expected):
+            throttle.failed(client, LOGIN_ENDPOINT)
             if as_json:
                 return _error(401, "unauthorized", "wrong admin token")
             return form(request, "That is not the admin token.", 401)
@@ -320,6 +389,8 @@ def _session_routes(
             if _is_json(request) or "application/json" in request.headers.get("accept", "")
             else RedirectResponse("login", status_code=303)
         )
+        # Revoked here (this process) until it expires, even if a copy of it survives.
+        sessions.revoke(request.cookies.get(SESSION_COOKIE))
         response.delete_cookie(
             SESSION_COOKIE,
             path=_cookie_path(request),
@@ -334,6 +405,24 @@ def _session_routes(
         Route("/login", login, methods=["POST"], name="codec_login"),
         Route("/logout", logout, methods=["POST"], name="codec_logout"),
     ]
+
+
+def _codec_work(codec: PayloadCodec, operation: str, raw: bytes) -> Response:
+    """Parse, decode or encode, and render the answer: in a worker thread, on a loop of its own."""
+    parsed = _parse_payloads(raw)
+    if isinstance(parsed, JSONResponse):
+        return parsed
+    try:
+        if operation == "decode":
+            result = asyncio.run(codec.decode(parsed.payloads))
+        else:
+            result = asyncio.run(codec.encode(parsed.payloads))
+    except Exception as exc:  # never a 500: the UI shows the message
+        # CodecError names key ids, never keys or payload contents; another
+        # codec's message might quote a payload, so only its type is shown.
+        message = str(exc) if isinstance(exc, CodecError) else type(exc).__name__
+        return _error(400, f"{operation}_failed", f"cannot {operation}: {message}")
+    return JSONResponse({"payloads": [json_format.MessageToDict(p) for p in result]})
 
 
 def _unauthorized() -> JSONResponse:
@@ -352,9 +441,13 @@ def codec_routes(
     cors_origins: Sequence[str],
     session_ttl: timedelta = SESSION_TTL,
     clock: Callable[[], float] = time.time,
+    throttle: AdminThrottle | None = None,
 ) -> list[BaseRoute]:
     """Routes serving ``POST /codec/decode`` and ``POST /codec/encode`` (with CORS), and the
-    operator's browser session: ``GET``/``POST /codec/login``, ``POST /codec/logout``."""
+    operator's browser session: ``GET``/``POST /codec/login``, ``POST /codec/logout``.
+
+    ``throttle`` is shared with the API's other admin-token checks; without one these
+    routes get their own."""
     if not admin_token:
         raise ValueError("codec endpoints need a non-empty admin token")
     if isinstance(cors_origins, str):
@@ -362,17 +455,31 @@ def codec_routes(
     expected = admin_token.encode("utf-8")
     origins = tuple(cors_origins)
     sessions = CodecSessions(admin_token, session_ttl, clock)
+    guard = throttle if throttle is not None else AdminThrottle()
+    turns = asyncio.Semaphore(CODEC_THREADS)
 
     def endpoint(operation: str):
+        label = f"POST {CODEC_PATH}/{operation}"
+
         async def handle(request: Request) -> Response:
-            if not _bearer_ok(request, expected):
-                if sessions.expiry(request.cookies.get(SESSION_COOKIE)) is None:
-                    return _unauthorized()
-                # Cookie only: a browser request. JSON forces a CORS preflight cross-origin.
+            if sessions.expiry(request.cookies.get(SESSION_COOKIE)) is not None:
+                # A browser session (the bearer token, if any, is not looked at). JSON
+                # forces a CORS preflight cross-origin.
                 if not _origin_ok(request, origins):
                     return _error(403, "forbidden_origin", "origin not allowed")
                 if not _is_json(request):
                     return _error(415, "unsupported_media_type", "send application/json")
+            else:
+                token = _bearer(request)
+                if token is None:
+                    return _unauthorized()
+                client = client_address(request)
+                wait = guard.retry_after(client, label)
+                if wait is not None:  # before the comparison: a right token is refused too
+                    return _throttled(wait)
+                if not hmac.compare_digest(token, expected):
+                    guard.failed(client, label)
+                    return _unauthorized()
             declared = request.headers.get("content-length", "")
             if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
                 return _error(413, "payload_too_large", f"body over {MAX_BODY_BYTES} bytes")
@@ -381,20 +488,8 @@ def codec_routes(
                 raw.extend(chunk)
                 if len(raw) > MAX_BODY_BYTES:
                     return _error(413, "payload_too_large", f"body over {MAX_BODY_BYTES} bytes")
-            parsed = _parse_payloads(bytes(raw))
-            if isinstance(parsed, JSONResponse):
-                return parsed
-            try:
-                if operation == "decode":
-                    result = await codec.decode(parsed.payloads)
-                else:
-                    result = await codec.encode(parsed.payloads)
-            except Exception as exc:  # never a 500: the UI shows the message
-                # CodecError names key ids, never keys or payload contents; another
-                # codec's message might quote a payload, so only its type is shown.
-                message = str(exc) if isinstance(exc, CodecError) else type(exc).__name__
-                return _error(400, f"{operation}_failed", f"cannot {operation}: {message}")
-            return JSONResponse({"payloads": [json_format.MessageToDict(p) for p in result]})
+            async with turns:  # off the event loop: the API keeps answering meanwhile
+                return await asyncio.to_thread(_codec_work, codec, operation, bytes(raw))
 
         handle.__name__ = f"codec_{operation}"
         return handle
@@ -403,7 +498,7 @@ def codec_routes(
         routes=[
             Route("/decode", endpoint("decode"), methods=["POST"]),
             Route("/encode", endpoint("encode"), methods=["POST"]),
-            *_session_routes(sessions, expected, origins),
+            *_session_routes(sessions, expected, origins, guard),
         ]
     )
     app = CORSMiddleware(

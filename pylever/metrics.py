@@ -39,6 +39,14 @@ CALLBACKS = Counter(
     ["outcome"],
 )
 
+ADMIN_AUTH_REFUSALS = Counter(
+    "pylever_admin_auth_refusals",
+    "Admin-token checks of the API refused, per client address throttle (pylever.throttle): "
+    "outcome bad_token (a wrong token, one of the client's budget spent) or throttled "
+    "(429: the budget is spent; the token was not looked at).",
+    ["endpoint", "outcome"],
+)
+
 LEVER_AUTH_REFUSALS = Counter(
     "pylever_lever_auth_refusals",
     "Lever calls of the worker's activities answered 401 or 403 (the account's API key refused).",

@@ -6,6 +6,7 @@ payload codec. Keep them small: ids, not whole Lever opportunities.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Literal
@@ -108,6 +109,37 @@ class InvitationRecord(_Record):
     report_url: str | None = None
     completed_at: datetime | None = None
     created_at: datetime | None = None  # when Py created it: reminders and expiry count from here
+
+
+MAX_REPORT_URL = 2048
+# An https URL: a host name, IPv4 or [IPv6] host, an optional port, then only characters
+# RFC 3986 allows (no spaces, controls, quotes, angle brackets or backslashes).
+_REPORT_URL = re.compile(
+    r"(?i:https)://(?P<authority>[^/?#]*)(?:[/?#][A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*)?"
+)
+_HOST_PORT = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?"
+)
+
+
+def report_url_problem(url: str) -> str | None:
+    """What is wrong with a Py ``report_url`` (it ends up as a link in Lever), or None.
+
+    It must be https, at most 2,048 characters, and carry no user info (``user:pass@``).
+    """
+    if len(url) > MAX_REPORT_URL:
+        return f"is longer than {MAX_REPORT_URL} characters"
+    match = _REPORT_URL.fullmatch(url)  # fullmatch: "$" would also accept a trailing newline
+    if match is None:
+        return "is not an https URL"
+    authority = match["authority"]
+    if "@" in authority:
+        return "carries user info"
+    host_port = _HOST_PORT.fullmatch(authority)
+    if host_port is None or int(host_port["port"] or 0) > 65535:
+        return "is not an https URL"
+    return None
 
 
 class PyEvent(_Record):

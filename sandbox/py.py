@@ -197,6 +197,9 @@ class PySandbox:
         self.tests: list[JSON] = [dict(t) for t in (DEFAULT_TESTS if tests is None else tests)]
         self.error_rate = error_rate
         self.base_url = base_url.rstrip("/")
+        # Py's report links are https (py-lever refuses any other report_url); the sandbox
+        # serves the page over its own scheme, at the same host and path.
+        self.report_base = "https://" + self.base_url.split("://", 1)[-1]
         self.rate_limit_next = 0  # the next N API calls answer 429
         self.lose_response_next = 0  # the next N API calls do their work, then answer 500
         self.invitations: dict[str, InvitationRecord] = {}
@@ -256,7 +259,7 @@ class PySandbox:
             score=None if "score" in omitted else score,
             report_url=None
             if "report_url" in omitted
-            else report_url or f"{self.base_url}/reports/{inv['id']}",
+            else report_url or f"{self.report_base}/reports/{inv['id']}",
             completed_at=rfc3339_now(),
         )
         result = await self._callback(record, "invitation.completed") if callback else None
@@ -620,7 +623,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--base-url",
         default=None,
-        help="public base of test_url/report_url (default http://HOST:PORT)",
+        help="public base of test_url/report_url (default http://HOST:PORT;"
+        " report_url always says https, as Py's do)",
     )
     parser.add_argument(
         "--error-rate", type=float, default=0.0, help="share of /v1 calls answered 500"

@@ -187,6 +187,8 @@ def main() -> int:
             [
                 sys.executable, "-m", "uvicorn", "api:app",
                 "--host", "127.0.0.1", "--port", str(api_port), "--no-access-log",
+                # uvicorn's h11 with a header timeout (pylever/http_server.py)
+                "--http", "pylever.http_server:TimedH11Protocol",
             ],
             env,
         )

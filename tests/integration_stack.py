@@ -101,7 +101,8 @@ class Servers:
 
     async def serve(self, app: Any, port: int) -> str:
         server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                           http="pylever.http_server:TimedH11Protocol")  # as deployed
         )
         task = asyncio.create_task(server.serve())
         self._servers.append((server, task))
@@ -143,6 +144,7 @@ class Stack:
         self.api_url = api_url
         self.task_queue = task_queue
         self.http = httpx.AsyncClient(timeout=30)
+        self.api_app: Any = None  # the API's Starlette app (its state.service, for tests)
 
     # --- recruiter and candidate actions ----------------------------------------------
 
@@ -257,7 +259,8 @@ async def running_stack(
             payload_keys=base64.b64encode(PAYLOAD_KEY).decode(),
         )
         api_temporal = api_client(env) if api_client else client
-        await servers.serve(create_app(config, settings, client=api_temporal), api_port)
+        api_app = create_app(config, settings, client=api_temporal)
+        await servers.serve(api_app, api_port)
         async with external_clients(config) as (levers, py_client):
             workers = build_workers(
                 client, config, task_queue, levers, py_client,
@@ -267,6 +270,7 @@ async def running_stack(
                 for worker in workers:
                     await stack.enter_async_context(worker)
                 s = Stack(env, client, config, lever, globex, py, api_url, task_queue)
+                s.api_app = api_app
                 try:
                     yield s
                 finally:

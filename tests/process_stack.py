@@ -289,7 +289,8 @@ class ProcessStack:
         self.api = ManagedProcess(
             "api",
             [PYTHON, "-m", "uvicorn", "api:app", "--host", "127.0.0.1",
-             "--port", str(self.api_port), "--no-access-log"],
+             "--port", str(self.api_port), "--no-access-log",
+             "--http", "pylever.http_server:TimedH11Protocol"],  # the header timeout
             self._app_env(),
             self.workdir / "api.log",
         )  # fmt: skip

@@ -107,6 +107,12 @@ async def test_invalid_completed_callbacks_are_422_and_change_nothing(stack: Sta
         "report_url missing": no_report,
         "report_url empty": completed(invitation, report_url=""),
         "report_url not http": completed(invitation, report_url="javascript:alert(1)"),
+        "report_url http": completed(invitation, report_url="http://py.example/r/1"),
+        "report_url user info": completed(invitation, report_url="https://u:p@py.example/r/1"),
+        "report_url 2049": completed(invitation, report_url="https://py.example/" + "r" * 2030),
+        "report_url 1 MB": completed(invitation, report_url="https://py.example/" + "r" * 10**6),
+        "score 401 digits": completed(invitation, score=10**400),
+        "score -401 digits": completed(invitation, score=-(10**400)),
     }
     for name, body in cases.items():
         response = await post_callback(stack, "invitation.completed", body)

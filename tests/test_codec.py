@@ -482,6 +482,60 @@ async def test_oversized_body_is_413(client, monkeypatch):
     assert response.json()["error"]["code"] == "payload_too_large"
 
 
+async def test_bodies_over_4_mib_are_413_declared_or_streamed(client):
+    """Issue 11: the limit was 16 MiB, and a 16 MiB encode held the event loop for 7.6 s."""
+    import pylever.codec_server as codec_server
+
+    assert codec_server.MAX_BODY_BYTES == 4 * 1024 * 1024
+    over = b" " * (4 * 1024 * 1024 + 1)
+
+    async def chunks():
+        for start in range(0, len(over), 256 * 1024):
+            yield over[start : start + 256 * 1024]
+
+    for path in ("/codec/encode", "/codec/decode"):
+        for content in (over, chunks()):  # with Content-Length, and chunked without it
+            response = await client.post(path, content=content, headers=AUTH)
+            assert response.status_code == 413, (path, response.text)
+            assert response.json()["error"]["code"] == "payload_too_large"
+    # at the limit it is read (and then is not JSON)
+    response = await client.post("/codec/encode", content=over[:-1], headers=AUTH)
+    assert response.status_code == 400
+
+
+async def test_a_large_encode_runs_off_the_event_loop(client):
+    """While 4 MiB of small payloads are encoded, the loop keeps turning."""
+    import asyncio
+    import time
+
+    one = json_format.MessageToDict(Payload(metadata={"encoding": b"json/plain"}, data=b"x" * 60))
+    body = json.dumps({"payloads": [one] * 29_900}).encode()
+    assert len(body) <= 4 * 1024 * 1024
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    started = time.perf_counter()
+    try:
+        response = await client.post("/codec/encode", content=body, headers=AUTH)
+    finally:
+        ticking.cancel()
+    took = time.perf_counter() - started
+    assert response.status_code == 200
+    assert len(response.json()["payloads"]) == 29_900
+    assert took > 0.2  # long enough for the gaps to tell
+    # the longest stall: one C call (json.loads of the body), never the whole encode
+    assert gaps, f"the event loop did not turn once in {took:.2f} s"
+    assert max(gaps) < min(0.15, took / 2), (took, sorted(gaps)[-3:])
+
+
 async def test_a_failing_foreign_codec_is_a_400_without_its_message():
     class Broken(AesGcmCodec):
         async def decode(self, payloads):

@@ -2,7 +2,7 @@
 
 ``GET /codec/login`` form -> ``POST /codec/login`` with the admin token -> an HttpOnly,
 SameSite=Lax, HMAC-signed, expiring cookie that ``/codec/decode`` and ``/codec/encode``
-accept instead of the bearer token; ``POST /codec/logout`` clears it.
+accept instead of the bearer token; ``POST /codec/logout`` clears and revokes it.
 """
 
 from __future__ import annotations
@@ -350,6 +350,57 @@ async def test_logout_clears_the_cookie(http, codec):
     assert (await decode(http, encrypted)).status_code == 401
 
 
+async def test_logout_revokes_the_cookie_even_where_a_copy_survives(http, codec, clock):
+    """Issue 11: logging out cleared the browser's cookie, but a copy of it kept working."""
+    value = set_cookie(await login(http))[SESSION_COOKIE].value
+    encrypted = await codec.encode([json_payload({"email": EMAIL})])
+    copied = {"Cookie": f"{SESSION_COOKIE}={value}"}
+    assert (await decode(http, encrypted, **copied)).status_code == 200
+    assert (await http.post("/codec/logout")).status_code == 303
+    http.cookies.clear()
+    refused = await decode(http, encrypted, **copied)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "unauthorized"
+    assert EMAIL not in refused.text
+    page = await http.get("/codec/login", headers=copied)
+    assert "Signed in" not in page.text and 'name="token"' in page.text
+    clock.now += TTL.total_seconds() - 1
+    assert (await decode(http, encrypted, **copied)).status_code == 401  # until it expires
+    # signing in again gives a new session
+    await login(http)
+    assert (await decode(http, encrypted)).status_code == 200
+
+
+def test_revocation_is_kept_until_expiry_bounded_and_per_instance(clock, monkeypatch):
+    import pylever.codec_server as codec_server
+
+    sessions = CodecSessions(ADMIN_TOKEN, TTL, clock)
+    first, _ = sessions.issue()
+    second, _ = sessions.issue()
+    assert sessions.revoke(first)
+    assert sessions.expiry(first) is None and sessions.expiry(second) is not None
+    # another process (another instance) does not know of it: revocation is per process
+    assert CodecSessions(ADMIN_TOKEN, TTL, clock).expiry(first) is not None
+    # nothing is remembered for values this key did not sign, or that have expired
+    for bad in [*tampered(second), None]:
+        assert not sessions.revoke(bad)
+    assert sessions.revoked == 1
+    clock.now += TTL.total_seconds()  # first has expired: pruned at the next revocation
+    third, _ = sessions.issue()
+    assert sessions.revoke(third)
+    assert sessions.revoked == 1
+    # bounded: past MAX_REVOKED the value closest to its expiry is forgotten
+    monkeypatch.setattr(codec_server, "MAX_REVOKED", 3)
+    values = []
+    for _ in range(5):
+        clock.now += 1
+        value, _ = sessions.issue()
+        values.append(value)
+        assert sessions.revoke(value)
+    assert sessions.revoked == 3
+    assert [sessions.expiry(v) is None for v in values] == [False, False, True, True, True]
+
+
 async def test_logout_from_a_foreign_origin_is_refused(http):
     await login(http)
     response = await http.post("/codec/logout", headers={"Origin": "https://evil.example"})
@@ -396,3 +447,6 @@ async def test_session_on_the_running_api(stack: Stack):
         assert status.status_code == 401
         await http.post("/codec/logout")
         assert (await decode(http, encrypted)).status_code == 401
+        # revoked, not only cleared: a kept copy of the cookie is refused too
+        kept = await decode(http, encrypted, Cookie=f"{SESSION_COOKIE}={value}")
+        assert kept.status_code == 401

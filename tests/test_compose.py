@@ -367,6 +367,9 @@ def test_dockerfile():
 
     cmd = [rest for kw, rest in final if kw == "CMD"][-1]
     assert "api:app" in cmd
+    # uvicorn's --http through its environment: the header timeout for the SPEC's command
+    env = " ".join(rest for kw, rest in final if kw == "ENV")
+    assert "UVICORN_HTTP=pylever.http_server:TimedH11Protocol" in env
 
     for kw, rest in instructions:
         if kw != "COPY" or rest.startswith("--from"):

@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -523,10 +524,36 @@ well_formed_reference = st.tuples(_part, _part, _part, _part).map(
 )
 statuses = st.sampled_from(["invited", "started", "completed", "expired", "cancelled"])
 events = st.sampled_from(["invitation.started", "invitation.completed", "invitation.expired"])
+# Long and odd report URLs: the limit is https, at most 2,048 characters, no user info.
+_url_tails = st.text(
+    alphabet=st.one_of(st.sampled_from(list("/?#@:%.-_~!$&'()*+,;=[]\\ \t\n\x00<>\"")),
+                       st.characters(max_codepoint=0x7F), nasty_chars),
+    max_size=40,
+)
+odd_report_urls = st.one_of(
+    st.builds(lambda scheme, tail: scheme + tail,
+              st.sampled_from(["https://", "HTTPS://", "http://", "https:", "//", "ftp://", ""]),
+              _url_tails),
+    st.builds(lambda user, host: f"https://{user}@{host}/r", nasty_text, _part),
+    st.integers(2040, 2060).map(lambda n: "https://py.example/" + "r" * (n - 19)),
+    st.sampled_from([
+        "https://py.example/" + "r" * 100_000,
+        "https://user:pass@py.example/r/1",
+        "https://user@py.example/r/1",
+        "https://@py.example/r/1",
+        "https://py.example\\@evil.example/r",
+        "https://py.example:443@evil.example/r",
+        "https://py.example:99999999/r",
+        "https://[::1]/r", "https://127.0.0.1:8443/r?x=1#y",
+        "https://py.example/r\u2028", "https://py.example/\u202er",
+        "https://py.example./r", "https://-py.example/r", "https://py..example/r",
+    ]),
+)  # fmt: skip
 report_urls = st.one_of(
     st.sampled_from(
         ["https://py.example/r/1", "https://x\n", "javascript:alert(1)", "https://é/\u202e"]
     ),
+    odd_report_urls,
     nasty_text,
     wrong,
 )
@@ -597,6 +624,75 @@ async def test_signed_callbacks_with_hostile_bodies(api, body):
     answer = check(await post(api, CALLBACK, raw, **headers), 400, 404, 422)
     if answer["error"]["code"] == "not_found":
         assert isinstance(invitation, dict) and isinstance(invitation.get("reference"), str)
+
+
+def _acceptable_report_url(url: str) -> bool:
+    """The limit, checked independently of api.py: https, <= 2,048 characters, a host, no
+    user info, nothing a URL may not contain unescaped."""
+    if len(url) > 2048 or not url.isascii() or any(c in url for c in ' \t\r\n\x00<>"\\'):
+        return False
+    if not url.isprintable():
+        return False
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    return (
+        parts.scheme.lower() == "https"
+        and bool(parts.hostname)
+        and "@" not in parts.netloc
+        and (port is None or 0 <= port <= 99999)
+    )
+
+
+@TEMPORAL
+@given(report_url=st.one_of(odd_report_urls, nasty_text), score=st.one_of(st.integers(0, 100)))
+async def test_completed_callbacks_keep_the_report_url_limit(api, report_url, score):
+    """Only an https URL of at most 2,048 characters without user info gets past validation
+    (to Temporal, which does not know the reference: 404); anything else is a 422."""
+    invitation = {"id": "inv_1", "status": "completed", "score": score,
+                  "reference": f"assessment:acme:nobody-{time.monotonic_ns()}:st:tst",
+                  "report_url": report_url}  # fmt: skip
+    raw, headers = signed_py_body("invitation.completed", invitation)
+    answer = check(await post(api, CALLBACK, raw, **headers), 400, 404, 413, 422)
+    if answer.get("error", {}).get("code") == "not_found":  # accepted by validation
+        assert _acceptable_report_url(report_url), report_url
+    elif report_url and not _acceptable_report_url(report_url):
+        assert answer["error"]["code"] in {"invalid_report_url", "invalid_json", "too_large"}
+
+
+async def test_completed_callbacks_at_the_new_limits(api):
+    """Huge integer scores are a 422, not a 500; report URLs are https, <= 2,048, no user info."""
+    base = {"id": "inv_1", "status": "completed", "score": 50,
+            "report_url": "https://py.example/r/1"}  # fmt: skip
+    huge = {"1" + "0" * 400: "invalid_score", "-" + "9" * 401: "invalid_score",
+            "9" * 4299: "invalid_score", "101": "invalid_score", "1e400": "invalid_score"}  # fmt: skip
+    for digits, code in huge.items():
+        reference = f"assessment:acme:nobody-{time.monotonic_ns()}:st:tst"
+        raw = encode({"event": "invitation.completed",
+                      "invitation": {**base, "reference": reference, "score": "\x00score\x00"}})
+        raw = raw.replace(b'"\\u0000score\\u0000"', digits.encode())  # fmt: skip
+        assert digits.encode() in raw
+        body = check(await post(api, CALLBACK, raw, **signed_callback(raw)), 422)
+        assert body["error"]["code"] == code, digits
+    urls = {
+        "https://py.example/" + "r" * 2029: "not_found",  # 2,048 characters
+        "https://py.example/" + "r" * 2030: "invalid_report_url",  # 2,049
+        "https://py.example/" + "r" * 1_000_000: "invalid_report_url",
+        "http://py.example/r/1": "invalid_report_url",
+        "https://user:pass@py.example/r/1": "invalid_report_url",
+        "https://user@py.example/r/1": "invalid_report_url",
+        "https://py.example\\@evil.example/r": "invalid_report_url",
+        "https://py.example/r/1 x": "invalid_report_url",
+        "https://py.example/r@1?x=1#y": "not_found",
+    }
+    for url, code in urls.items():
+        reference = f"assessment:acme:nobody-{time.monotonic_ns()}:st:tst"
+        raw = encode({"event": "invitation.completed",
+                      "invitation": {**base, "reference": reference, "report_url": url}})  # fmt: skip
+        body = check(await post(api, CALLBACK, raw, **signed_callback(raw)), 404, 422)
+        assert body["error"]["code"] == code, url[:80]
 
 
 async def test_signed_well_formed_callbacks_reach_temporal_and_404(api):

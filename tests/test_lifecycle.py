@@ -699,8 +699,10 @@ async def test_delete_cancels_writes_nothing_and_leaves_no_execution(lc: Lifecyc
     # Py: the open invitation is cancelled; the finished one is left alone.
     assert s.py.invitation(open_inv["id"])["status"] == "cancelled"
     assert s.py.invitation(done["id"])["status"] == "completed"
-    # Lever: not a single request about the deleted candidate after the delete.
-    assert lc.lever_spy.requests(containing=opp, since=before) == []
+    # Lever: after the delete, one read that confirms it (404), and no write at all.
+    assert lc.lever_spy.requests(containing=opp, since=before) == [
+        ("GET", f"/v1/opportunities/{opp}", 404)
+    ]
     # Temporal: nothing of the candidate is left.
     await wait_for_visibility(s.client, query, expected_ids=set(), within=30)
     for workflow_id in ids:

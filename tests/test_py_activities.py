@@ -134,8 +134,12 @@ def invitation(**fields: Any) -> Invitation:
         ({"score": math.nan}, "with a score outside 0..100"),
         ({"score": math.inf}, "with a score outside 0..100"),
         ({"report_url": ""}, "without a report_url"),
-        ({"report_url": "javascript:alert(1)"}, "with a report_url that is not an http(s) URL"),
-        ({"report_url": "https://py.test/r/1\n"}, "with a report_url that is not an http(s) URL"),
+        ({"report_url": "javascript:alert(1)"}, "with a report_url that is not an https URL"),
+        ({"report_url": "https://py.test/r/1\n"}, "with a report_url that is not an https URL"),
+        # the same rule as the callback (api.validate_callback): https, <= 2,048, no user info
+        ({"report_url": "http://py.test/r/1"}, "with a report_url that is not an https URL"),
+        ({"report_url": "https://u:p@py.test/r/1"}, "with a report_url that carries user info"),
+        ({"report_url": "https://py.test/" + "r" * 2033}, "longer than 2048 characters"),
         ({"score": None, "report_url": None}, "without a score and without a report_url"),
     ],
 )
@@ -152,6 +156,13 @@ async def test_scores_at_the_bounds_are_in_contract(score: float) -> None:
     activities = PyActivities(StubPy(invitation(score=score)), "http://cb")  # type: ignore[arg-type]
     record = await activities.get_invitation("inv_123")
     assert record.score == score and record.created_at is not None
+
+
+async def test_a_report_url_of_2048_characters_is_in_contract() -> None:
+    url = "https://py.test/" + "r" * 2032
+    assert len(url) == 2048
+    activities = PyActivities(StubPy(invitation(report_url=url)), "http://cb")  # type: ignore[arg-type]
+    assert (await activities.get_invitation("inv_123")).report_url == url
 
 
 @pytest.mark.parametrize("status", ["invited", "started", "expired", "cancelled"])

@@ -315,7 +315,8 @@ DURABLE_CLAIMS: dict[str, Claim] = {
         parent=f"{_D}assessment-expired",
     ),
     f"{_D}withdraw-archived": Claim(
-        ("temporal.running_assessments",),  # after the signals by id; lists nothing new
+        # Lever confirms the archive; then, after the signals by id, a listing (nothing new)
+        ("lever.opportunity_state", "temporal.running_assessments"),
         (_P, *_WITHDRAW_SIGNALS, "completed"),
     ),
     f"{_D}assessment-archived": Claim(
@@ -330,6 +331,7 @@ DURABLE_CLAIMS: dict[str, Claim] = {
     ),
     f"{_D}withdraw-deleted": Claim(
         (
+            "lever.opportunity_state",  # Lever confirms the delete (404)
             "temporal.running_assessments",
             "temporal.wait_closed",
             "temporal.delete_executions",  # by the known ids

@@ -343,7 +343,7 @@ async def test_complete_sends_result(client: httpx.AsyncClient, receiver: Receiv
     ).json()
     done = result["invitation"]
     assert done["status"] == "completed" and done["score"] == 87.5
-    assert done["report_url"] == f"http://py.test/reports/{inv['id']}"
+    assert done["report_url"] == f"https://py.test/reports/{inv['id']}"  # Py's links are https
     assert parse_time(done["completed_at"]) >= parse_time(done["created_at"])
     assert (await client.get(f"/v1/invitations/{inv['id']}")).json() == done
     [(raw, headers)] = receiver.received

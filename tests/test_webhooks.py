@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from api import MAX_BODY_BYTES, create_app
+from pylever.deliveries import DeliveryLedger
 from pylever.settings import Settings
 from sandbox.lever import PY_ASSESSMENT_STAGE_ID, TECHNICAL_SCREEN_STAGE_ID
 from sandbox.py import build_callback
@@ -120,6 +121,19 @@ async def test_forged_data_under_a_replayed_signature_changes_nothing(stack: Sta
     await stack.wait_tag(a, TAG_INVITED)
     body = json.loads(genuine.delivery.body)
 
+    # The API has seen A's token with A's body: another body under it is a forgery.
+    forged = json.loads(json.dumps(body))
+    forged["data"].update(opportunityId=b, candidateId=b)
+    refused = await post_webhook(stack, json.dumps(forged).encode())
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["error"]["code"] == "replayed_token"
+    again = await post_webhook(stack, genuine.delivery.body)  # a genuine retry: same body
+    assert again.status_code == 202 and again.json()["status"] == "already_running", again.text
+
+    # An API replica that has not seen the token yet (the ledger is per process) lets it
+    # through; the workflow's re-read of the opportunity still acts on nothing.
+    stack.api_app.state.service.deliveries = DeliveryLedger()
+
     # Another candidate's id under A's signature: B never entered the stage.
     to_b = json.loads(json.dumps(body))
     to_b["data"].update(opportunityId=b, candidateId=b)
@@ -133,6 +147,7 @@ async def test_forged_data_under_a_replayed_signature_changes_nothing(stack: Sta
     assert stack.lever.api_writes(b) == []  # no tag, no link, no move
 
     # Another trigger stage under A's signature: A never entered Technical Screen.
+    stack.api_app.state.service.deliveries = DeliveryLedger()
     to_stage = json.loads(json.dumps(body))
     to_stage["data"]["toStageId"] = TECHNICAL_SCREEN_STAGE_ID
     response = await post_webhook(stack, json.dumps(to_stage).encode())

@@ -5,6 +5,14 @@ invitations and, for an archived candidate, clears the in-progress tags; a
 deleted candidate gets no tag writes. For a deleted candidate, every execution
 that holds its data is then deleted from Temporal.
 
+Nothing is withdrawn until Lever confirms it: Lever's signature does not cover
+a webhook's ``data``, so a captured delivery re-sent as ``candidateDeleted`` with
+another candidate's id would otherwise cancel that candidate's invitation. An
+archive needs the opportunity archived (or gone), a delete needs Lever's 404
+(``lever.opportunity_state``). Unconfirmed: the result is 0, the memo says
+``{"withdrawal": {"confirmed": false, "lever_says": ...}}``, the worker logs a
+warning and counts ``pylever_withdrawals_unconfirmed``.
+
 The assessments are reached by their deterministic ids, one per trigger stage
 of the account (``WithdrawInput.stage_ids``): an archive that arrives 100 ms
 after the stage change reaches the assessment that change started, which a
@@ -28,12 +36,18 @@ from typing import Literal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    import workflows.decisions as decisions
     from activities.temporal_ops import CandidateRef, TemporalActivities
     from pylever.models import Withdrawal, WithdrawInput
-    from workflows import decisions
     from workflows.assessment import DURABLE, AssessmentWorkflow
+    from workflows.calls import LeverOps
+
+# What Lever must say of the opportunity for each reason: a forged webhook (Lever's
+# signature does not cover ``data``) names a candidate Lever still shows active.
+CONFIRMING_STATES = {"archived": ("archived", "gone"), "deleted": ("gone",)}
 
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 
@@ -45,6 +59,8 @@ class WithdrawCandidateWorkflow:
         ref = CandidateRef(account_id=input.account_id, opportunity_id=input.opportunity_id)
         if not workflow.patched(DURABLE):
             return await self._run_v1(input, ref)
+        if not await self._confirmed(input):
+            return 0
         known = [
             decisions.assessment_workflow_id(input.account_id, input.opportunity_id, stage_id)
             for stage_id in dict.fromkeys(input.stage_ids)
@@ -83,6 +99,31 @@ class WithdrawCandidateWorkflow:
             retry_policy=_RETRY,
         )
         return len(by_id) + swept  # executions deleted
+
+    @staticmethod
+    async def _confirmed(input: WithdrawInput) -> bool:
+        """Lever shows the opportunity archived (or gone) / gone (404): the webhook is true."""
+        try:
+            state = await LeverOps(input.account_id, input.opportunity_id).opportunity_state()
+        except ActivityError as exc:  # Lever failing for a day: nothing is withdrawn
+            state = f"unknown ({exc.cause or exc})"
+        if state in CONFIRMING_STATES[input.reason]:
+            return True
+        workflow.logger.warning(
+            "withdrawal not confirmed by Lever (%s webhook, opportunity %s): nothing withdrawn",
+            input.reason,
+            state,
+        )
+        workflow.metric_meter().create_counter(
+            "pylever_withdrawals_unconfirmed",
+            "Archive/delete webhooks that Lever did not confirm (forged, or reversed since).",
+        ).with_additional_attributes({"account": input.account_id, "reason": input.reason}).add(1)
+        workflow.upsert_memo({"withdrawal": {"confirmed": False, "lever_says": state}})
+        workflow.set_current_details(
+            f"**not confirmed by Lever**: a {input.reason} webhook, but Lever says the "
+            f"opportunity is {state}; nothing was withdrawn"
+        )
+        return False
 
     @staticmethod
     async def _signal(workflow_id: str, reason: Literal["archived", "deleted"]) -> bool:

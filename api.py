@@ -55,6 +55,7 @@ log = logging.getLogger("pylever.api")
 MAX_BODY_BYTES = 1024 * 1024
 _LEVER_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # used with fullmatch
 _STATUS_ENDPOINT = "GET /accounts/{account_id}/candidates/{opportunity_id}"  # a metrics label
+_METRICS_ENDPOINT = "GET /metrics"
 
 
 # --- errors ----------------------------------------------------------------------
@@ -207,6 +208,8 @@ class Service:
         self.gateway = gateway
         self.matchers = dict(matchers)
         self.deliveries = DeliveryLedger()  # a delivery token is bound to its first body
+        # pylever_assessments: counted from visibility at most once per 30 s, off the scrape path
+        self.assessments = metrics.AssessmentGauge(gateway.client)
 
     # Lever ------------------------------------------------------------------
 
@@ -222,7 +225,11 @@ class Service:
             return self._webhook_done(
                 401, account_id, event, "bad_signature", "signature missing or wrong"
             )
-        if not self.deliveries.admit(account_id, str(body["token"]), body):
+        try:
+            admitted = self.deliveries.admit(body)
+        except RecursionError:  # nested deeper than a canonical digest can follow
+            raise HttpError(400, "invalid_json", "body nests too deeply") from None
+        if not admitted:
             # Genuine retries repeat the body; the signature does not cover it.
             return self._webhook_done(
                 401, account_id, event, "replayed_token",
@@ -361,13 +368,20 @@ class Service:
             return JSONResponse({"status": "ready"})
         return error_response(503, "unavailable", "Temporal is not reachable")
 
-    async def metrics(self, _: Request) -> Response:
-        await metrics.refresh_assessment_gauge(self.gateway.client)
+    async def metrics(self, request: Request) -> Response:
+        # It names every account: with PYLEVER_METRICS_REQUIRE_ADMIN, for the admin token only.
+        if self.settings.metrics_require_admin and (
+            refused := self._require_admin(request, _METRICS_ENDPOINT)
+        ) is not None:
+            return refused
+        await self.assessments.scraped()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    def _require_admin(self, request: Request) -> Response | None:
+    def _require_admin(
+        self, request: Request, endpoint: str = _STATUS_ENDPOINT
+    ) -> Response | None:
         """None for the admin token; raises 401 for no or a wrong token; a 429 response while
-        the client's budget of wrong tokens is spent."""
+        the client's budget of wrong tokens is spent. ``endpoint``: the metrics label."""
         expected = self.settings.admin_token
         given = request.headers.get("authorization", "")
         scheme, _, token = given.partition(" ")
@@ -377,7 +391,7 @@ class Service:
         # Wrong tokens are throttled per client (pylever.throttle), shared with /codec.
         throttle: AdminThrottle = request.app.state.admin_throttle
         client = client_address(request)
-        wait = throttle.retry_after(client, _STATUS_ENDPOINT)
+        wait = throttle.retry_after(client, endpoint)
         if wait is not None:  # before the comparison: a right token is refused too
             refused = error_response(
                 429, "too_many_attempts",
@@ -386,7 +400,7 @@ class Service:
             refused.headers["Retry-After"] = str(wait)
             return refused
         if not hmac.compare_digest(token.encode("utf-8", errors="replace"), expected.encode()):
-            throttle.failed(client, _STATUS_ENDPOINT)
+            throttle.failed(client, endpoint)
             raise HttpError(401, "unauthorized", "a valid admin bearer token is required")
         return None
 
@@ -469,6 +483,8 @@ def create_app(
     """The ASGI app. Without ``client`` it connects (lazily) to Temporal at start-up.
 
     ``body_timeout``: seconds a request body may take to arrive (``pylever.http_limits``)."""
+    if settings.metrics_require_admin and not settings.admin_token:
+        raise ValueError("PYLEVER_METRICS_REQUIRE_ADMIN needs PYLEVER_ADMIN_TOKEN")
     codec = codec_from_env({"PYLEVER_PAYLOAD_KEYS": settings.payload_keys or ""})
     converter = data_converter(codec)
     owned_lever = lever_clients is None
@@ -485,9 +501,17 @@ def create_app(
             config, settings, Gateway(temporal, settings.task_queue), matchers
         )
         log_event(log, "api started", accounts=[a.id for a in config.accounts])
+        if "pylever.http_server" not in sys.modules:  # uvicorn imports --http before the app
+            log_event(
+                log,
+                "no header timeout: start uvicorn with --http "
+                "pylever.http_server:TimedH11Protocol (or UVICORN_HTTP)",
+                logging.WARNING,
+            )
         try:
             yield
         finally:
+            await app.state.service.assessments.aclose()
             if owned_lever:
                 for lever in levers.values():
                     await lever.aclose()
@@ -520,7 +544,7 @@ def app_from_env() -> Starlette:
     config = load_config_or_exit(settings.config_path, "api")
     try:
         return create_app(config, settings, body_timeout=body_timeout_from_env())
-    except ValueError as exc:  # PYLEVER_PAYLOAD_KEYS, PYLEVER_BODY_TIMEOUT
+    except ValueError as exc:  # PYLEVER_PAYLOAD_KEYS, PYLEVER_BODY_TIMEOUT, ..._REQUIRE_ADMIN
         print(f"py-lever api: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

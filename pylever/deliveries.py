@@ -3,10 +3,11 @@
 Lever's webhook signature covers only ``token`` + ``triggeredAt``, not ``data``:
 whoever captures one genuine delivery can re-send it with another event or
 another candidate's ``opportunityId`` and pass the signature check. Lever's own
-retries and an admin's "Rerun" repeat the same body; so a token seen before with
-a different body is a forgery. ``DeliveryLedger`` remembers, per account and
-token, a digest of the first body (canonical JSON: key order and whitespace do
-not matter).
+retries and an admin's "Rerun" repeat the same body; so a signed ``token`` +
+``triggeredAt`` seen before with a different body is a forgery. ``DeliveryLedger``
+remembers, per signed pair (across accounts: two accounts may share a token), a
+digest of the first body (canonical JSON: key order and whitespace do not
+matter).
 
 It is per process and bounded (``capacity`` tokens, each kept ``ttl``): with
 several API replicas a forgery can reach a replica that has not seen the token
@@ -25,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-DEFAULT_CAPACITY = 100_000  # tokens; about 200 bytes each
+DEFAULT_CAPACITY = 100_000  # signed pairs; about 350 bytes each (35 MB when full)
 DEFAULT_TTL_SECONDS = 7 * 86_400.0  # longer than Lever retries; admins re-run within days
 
 
@@ -51,14 +52,15 @@ class DeliveryLedger:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def admit(self, account_id: str, token: str, body: Mapping[str, Any]) -> bool:
-        """True for a token's first body and for the same body again; False for another body.
+    def admit(self, body: Mapping[str, Any]) -> bool:
+        """True for a delivery's first body and for the same body again; False for another.
 
         Call it only for deliveries whose signature checked out (the ledger holds
-        genuine tokens only, so a flood of made-up tokens cannot evict them).
+        genuine deliveries only, so a flood of made-up tokens cannot evict them).
+        Raises ``RecursionError`` for a body nested too deeply to canonicalise.
         """
         now = self._clock()
-        key = (account_id, token)
+        key = (str(body.get("token")), str(body.get("triggeredAt")))
         digest = body_digest(body)
         seen = self._seen.get(key)
         if seen is not None and seen[1] > now:

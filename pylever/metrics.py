@@ -7,6 +7,10 @@ as ``GET /opportunities/{id}``, never one with a real id or a query string.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -62,13 +66,16 @@ LEVER_KEY_REFUSED = Gauge(
 
 ASSESSMENTS = Gauge(
     "pylever_assessments",
-    "Invitation workflows Temporal holds, by PyStatus (read from visibility at scrape time).",
+    "Invitation workflows Temporal holds, by PyStatus (counted from visibility at most once "
+    "per 30 s, in the background of scrapes).",
     ["status"],
 )
 
 ASSESSMENT_STATUSES = (
     "resolving", "invited", "started", "completed", "expired", "cancelled", "not_sent", "error",
 )
+ASSESSMENTS_TTL = 30.0  # seconds between two visibility counts of ``ASSESSMENTS``
+FIRST_COUNT_WAIT = 2.5  # seconds a scrape waits for the very first count (rpc timeout 2 s)
 
 
 async def refresh_assessment_gauge(client: Client) -> None:
@@ -92,3 +99,70 @@ async def refresh_assessment_gauge(client: Client) -> None:
     for status, counted in zip(ASSESSMENT_STATUSES, counts, strict=True):
         if isinstance(counted, int):
             ASSESSMENTS.labels(status=status).set(counted)
+
+
+class AssessmentGauge:
+    """``ASSESSMENTS`` for the API's scrapes, counted from visibility at most once per ``ttl``.
+
+    Each scrape calls :meth:`scraped`. When the last count started ``ttl`` seconds ago
+    or more and none is running, it starts one in the background (eight visibility
+    count queries) and the scrape goes on with the values it has: a burst of scrapes
+    costs Temporal one count per ``ttl``, and no scrape waits for Temporal, except
+    the first ones of the process, which wait up to ``first_wait`` seconds for the
+    first count (there are no values yet). A count that fails (Temporal down) keeps
+    the last values and waits ``ttl`` like any other.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        ttl: float = ASSESSMENTS_TTL,
+        first_wait: float = FIRST_COUNT_WAIT,
+        clock: Callable[[], float] = time.monotonic,
+        count: Callable[[Client], Awaitable[None]] | None = None,
+    ) -> None:
+        self._client = client
+        self._ttl = ttl
+        self._first_wait = first_wait
+        self._clock = clock
+        self._count = count or refresh_assessment_gauge
+        self._started_at = -math.inf  # when the last count started
+        self._task: asyncio.Task[None] | None = None  # the count in flight
+        self._counted = False  # a count has finished
+        self.counts = 0  # counts started by this process
+
+    async def scraped(self) -> None:
+        now = self._clock()
+        if self._task is None and now - self._started_at >= self._ttl:
+            self._started_at = now
+            self.counts += 1
+            self._task = asyncio.ensure_future(self._run())
+            self._task.add_done_callback(_retrieve)
+        task = self._task
+        if task is not None and not self._counted:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), self._first_wait)
+
+    def expire(self) -> None:
+        """Count again at the next scrape (tests; an operator has no need of it)."""
+        self._started_at = -math.inf
+
+    async def aclose(self) -> None:
+        task = self._task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        try:
+            await self._count(self._client)
+        finally:
+            self._counted = True
+            self._task = None
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote
@@ -11,11 +14,25 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from pylever.errors import ApiError
 from pylever.http import ApiClient, ApiTransport, BearerAuth, Sleep
+from pylever.logs import log_event
 
 SERVICE = "Py"
+TESTS_TTL = 300.0  # seconds a catalogue read serves every lookup
+TESTS_REFRESH_INTERVAL = 60.0  # at most one catalogue read per this many seconds
 
-__all__ = ["Candidate", "Invitation", "InvitationStatus", "PyClient", "PyTest"]
+__all__ = [
+    "TESTS_REFRESH_INTERVAL",
+    "TESTS_TTL",
+    "Candidate",
+    "Invitation",
+    "InvitationStatus",
+    "PyClient",
+    "PyTest",
+]
+
+log = logging.getLogger("pylever.py_client")
 
 InvitationStatus = Literal["invited", "started", "completed", "expired", "cancelled"]
 
@@ -64,11 +81,15 @@ class PyClient(ApiClient):
         max_attempts: int = 5,
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        tests_ttl: float = 300.0,
+        tests_ttl: float = TESTS_TTL,
+        tests_refresh_interval: float = TESTS_REFRESH_INTERVAL,
         sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not api_key:
             raise ValueError("PyClient needs an API key")
+        if not 0 <= tests_refresh_interval <= tests_ttl:
+            raise ValueError("PyClient needs 0 <= tests_refresh_interval <= tests_ttl")
         self._http = ApiTransport(
             service=SERVICE,
             base_url=base_url,
@@ -80,9 +101,13 @@ class PyClient(ApiClient):
             sleep=sleep,
         )
         self._tests_ttl = tests_ttl
+        self._tests_refresh_interval = tests_refresh_interval
+        self._clock = clock
         self._tests: dict[str, PyTest] | None = None
-        self._tests_at = 0.0
-        self._tests_lock = asyncio.Lock()
+        self._tests_at = -math.inf  # when the cached catalogue's read started
+        self._tests_tried_at = -math.inf  # when the last read started, whatever its outcome
+        self._tests_read: asyncio.Task[dict[str, PyTest]] | None = None  # the read in flight
+        self.tests_reads = 0  # catalogue reads started by this client (each may be many pages)
 
     # --- tests ---------------------------------------------------------------
 
@@ -98,16 +123,58 @@ class PyClient(ApiClient):
             cursor = page.next_cursor
 
     async def tests_by_name(self, *, refresh: bool = False) -> dict[str, PyTest]:
-        """Tests by exact (case-sensitive) name, cached for ``tests_ttl`` seconds."""
-        async with self._tests_lock:
-            expired = time.monotonic() - self._tests_at >= self._tests_ttl
-            if self._tests is None or refresh or expired:
-                by_name: dict[str, PyTest] = {}
-                for test in await self.list_tests():
-                    by_name.setdefault(test.name, test)  # a duplicate name: the first wins
-                self._tests = by_name
-                self._tests_at = time.monotonic()
+        """Tests by exact (case-sensitive) name, from a cached catalogue.
+
+        The catalogue is read again once it is ``tests_ttl`` seconds old, or on
+        ``refresh=True`` (a name was not found: a test created at Py since), but
+        never sooner than ``tests_refresh_interval`` seconds after the previous
+        read started, whatever its outcome: at most one read per interval however
+        many callers ask. Until then the cached catalogue answers, so a test
+        created at Py is found within one interval. Concurrent callers share the
+        read in flight: those that need it (no catalogue yet, an expired one, or
+        ``refresh``) wait for it, the others get the cached catalogue at once. A
+        read that fails leaves the cached catalogue in place and answers with it
+        (the next read waits for the interval); without one the error is raised.
+        """
+        now = self._clock()
+        if self._tests_read is None and (self._tests is None or self._tests_due(now, refresh)):
+            self._tests_tried_at = now
+            self.tests_reads += 1
+            self._tests_read = asyncio.ensure_future(self._read_tests(now))
+            self._tests_read.add_done_callback(_retrieve)
+        read = self._tests_read
+        if read is None or not (refresh or now - self._tests_at >= self._tests_ttl):
+            assert self._tests is not None  # without a catalogue, a read is in flight
             return dict(self._tests)
+        try:
+            return dict(await asyncio.shield(read))
+        except ApiError:
+            if self._tests is None:
+                raise
+            return dict(self._tests)
+
+    def _tests_due(self, now: float, refresh: bool) -> bool:
+        if now - self._tests_tried_at < self._tests_refresh_interval:
+            return False
+        return refresh or now - self._tests_at >= self._tests_ttl
+
+    async def _read_tests(self, started: float) -> dict[str, PyTest]:
+        try:
+            by_name: dict[str, PyTest] = {}
+            for test in await self.list_tests():
+                by_name.setdefault(test.name, test)  # a duplicate name: the first wins
+        except ApiError as exc:
+            if self._tests is not None:
+                log_event(
+                    log, "Py test catalogue read failed; the cached catalogue still answers",
+                    logging.WARNING, error=str(exc),
+                    retry_in_s=self._tests_refresh_interval,
+                )  # fmt: skip
+            raise
+        finally:
+            self._tests_read = None
+        self._tests, self._tests_at = by_name, started
+        return by_name
 
     # --- invitations ---------------------------------------------------------
 
@@ -166,6 +233,12 @@ class PyClient(ApiClient):
         if isinstance(body, dict) and "id" not in body and isinstance(body.get("data"), dict):
             body = body["data"]
         return self._http.parse(Invitation, body, endpoint=endpoint)
+
+
+def _retrieve(task: asyncio.Task[dict[str, PyTest]]) -> None:
+    """Mark a finished read's failure as seen: its callers may all have been cancelled."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _invitation_path(invitation_id: str, suffix: str = "") -> str:

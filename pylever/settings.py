@@ -16,6 +16,8 @@ class Settings:
     admin_token: str | None = field(default=None, repr=False)
     payload_keys: str | None = field(default=None, repr=False)
     ui_origins: tuple[str, ...] = ("http://127.0.0.1:8233", "http://localhost:8233")
+    # GET /metrics (it names every account) asks for the admin token, as the status endpoint.
+    metrics_require_admin: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -31,4 +33,14 @@ class Settings:
             ui_origins=tuple(o.strip() for o in origins.split(",") if o.strip())
             if origins
             else cls.ui_origins,
+            metrics_require_admin=_flag(env.get("PYLEVER_METRICS_REQUIRE_ADMIN")),
         )
+
+
+_OFF = frozenset({"", "0", "false", "no", "off"})
+
+
+def _flag(value: str | None) -> bool:
+    """A switch: unset, empty, 0, false, no, off are off; any other value is on (so a
+    misspelt value fails closed rather than leaving the endpoint open)."""
+    return (value or "").strip().lower() not in _OFF

@@ -8,6 +8,7 @@ candidate.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -17,7 +18,7 @@ import httpx
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.py import CreateInvitation, PyActivities
+from activities.py import CreateInvitation, FindTests, PyActivities
 from pylever.py_client import Invitation, PyClient
 from sandbox.py import PySandbox
 
@@ -170,3 +171,55 @@ async def test_unfinished_invitations_need_no_result(status: str) -> None:
     stub = StubPy(invitation(status=status, score=None, report_url=None, completed_at=None))
     record = await PyActivities(stub, "http://cb").get_invitation("inv_123")  # type: ignore[arg-type]
     assert record.status == status and record.score is None
+
+
+# --- the test catalogue: read at most once a minute per process ------------------------
+
+
+class CatalogueReads(httpx.AsyncBaseTransport):
+    """The sandbox over ASGI, counting full catalogue reads (a first page: no cursor)."""
+
+    def __init__(self, py: PySandbox) -> None:
+        self._inner = httpx.ASGITransport(app=py.app)
+        self.reads = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/tests" and "cursor" not in request.url.params:
+            self.reads += 1
+        return await self._inner.handle_async_request(request)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_ordinary_tags_cost_one_catalogue_read_and_new_tests_are_found_in_a_minute(
+    py: PySandbox,
+) -> None:
+    reads, clock = CatalogueReads(py), Clock()
+    async with PyClient("http://py.sandbox", PY_KEY, transport=reads, clock=clock) as client:
+        activities = PyActivities(client, "http://callbacks.test/py")
+        tags = ("Referral", "Berlin", "Senior", "Python Basics")
+        # 30 candidates a second apart, each with tags that are no test's name
+        for i in range(30):
+            found = await activities.find_tests(FindTests(names=(*tags, f"Source {i}")))
+            assert found == {"Python Basics": "tst_python_basics"}
+            clock.now += 1
+        assert reads.reads == 1  # before: 31 (a forced refresh per candidate)
+
+        # ... concurrently too: one read in flight, shared
+        clock.now += 60
+        await asyncio.gather(*(activities.find_tests(FindTests(names=tags)) for _ in range(30)))
+        assert reads.reads == 2
+
+        # A test created at Py is found once the minute since the last read has passed.
+        py.tests.append({"id": "tst_rust", "name": "Rust"})
+        clock.now += 30
+        assert "Rust" not in await activities.find_tests(FindTests(names=("Rust",)))
+        clock.now += 30
+        assert await activities.find_tests(FindTests(names=("Rust",))) == {"Rust": "tst_rust"}
+        assert reads.reads == 3

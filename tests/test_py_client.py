@@ -16,6 +16,7 @@ from pylever.errors import (
     NotFoundError,
     PermanentApiError,
     RateLimitedError,
+    RetryableApiError,
 )
 from pylever.py_client import Invitation, PyClient
 
@@ -186,27 +187,105 @@ async def test_list_tests_follows_cursors() -> None:
     assert {r.url.path for r in fake.requests} == {"/v1/tests"}
 
 
+class Clock:
+    """An injectable monotonic clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def test_tests_by_name_is_exact_and_cached() -> None:
-    fake = FakePy()
-    async with client(fake) as py:
+    fake, clock = FakePy(), Clock()
+    async with client(fake, clock=clock) as py:
         by_name = await py.tests_by_name()
         assert by_name["Python Basics"].id == "tst_1"
         assert by_name["python basics"].id == "tst_2"
         assert "PYTHON BASICS" not in by_name
         fake.tests.append({"id": "tst_6", "name": "Java"})
         assert "Java" not in await py.tests_by_name()  # cached: no request
-        assert fake.calls("GET", "/v1/tests") == 3
+        assert fake.calls("GET", "/v1/tests") == 3  # one read, three pages
+        clock.now += 60
         assert (await py.tests_by_name(refresh=True))["Java"].id == "tst_6"
         assert fake.calls("GET", "/v1/tests") == 6
+        assert py.tests_reads == 2
+
+
+async def test_forced_refreshes_are_limited_to_one_a_minute() -> None:
+    fake, clock = FakePy(), Clock()
+    async with client(fake, clock=clock) as py:
+        await py.tests_by_name()
+        fake.tests.append({"id": "tst_6", "name": "Java"})
+        for _ in range(59):  # tags that are no test's name: each asks for a refresh
+            clock.now += 1
+            assert "Java" not in await py.tests_by_name(refresh=True)
+        assert py.tests_reads == 1
+        clock.now = 1060.0  # a minute after the first read: the new test is found
+        assert (await py.tests_by_name(refresh=True))["Java"].id == "tst_6"
+        assert py.tests_reads == 2
+        clock.now += 30
+        await py.tests_by_name(refresh=True)
+        assert py.tests_reads == 2
+    assert fake.calls("GET", "/v1/tests") == 6
+
+
+async def test_concurrent_refreshes_share_one_read() -> None:
+    fake, clock = FakePy(), Clock()
+    async with client(fake, clock=clock) as py:
+        first = await asyncio.gather(*(py.tests_by_name(refresh=True) for _ in range(20)))
+        assert all(r["SQL"].id == "tst_3" for r in first)
+        assert (py.tests_reads, fake.calls("GET", "/v1/tests")) == (1, 3)
+        fake.tests.append({"id": "tst_6", "name": "Java"})
+        clock.now += 61
+        again = await asyncio.gather(*(py.tests_by_name(refresh=True) for _ in range(20)))
+        assert all(r["Java"].id == "tst_6" for r in again)  # all waited for the one read
+        assert (py.tests_reads, fake.calls("GET", "/v1/tests")) == (2, 6)
 
 
 async def test_tests_cache_expires_after_ttl() -> None:
-    fake = FakePy()
-    async with client(fake, tests_ttl=0.1) as py:
+    fake, clock = FakePy(), Clock()
+    async with client(fake, clock=clock, tests_ttl=300) as py:
         await py.tests_by_name()
         fake.tests.append({"id": "tst_6", "name": "Java"})
-        await asyncio.sleep(0.15)
+        clock.now += 299
+        assert "Java" not in await py.tests_by_name()
+        clock.now += 1
         assert (await py.tests_by_name())["Java"].id == "tst_6"
+        assert py.tests_reads == 2
+
+
+async def test_a_failed_read_keeps_the_cached_catalogue_and_waits_the_interval() -> None:
+    fake, clock = FakePy(), Clock()
+    async with client(fake, clock=clock, max_attempts=1) as py:
+        await py.tests_by_name()
+        clock.now += 60
+        fake.fail_next = [error(500, "internal", "try again")]
+        assert (await py.tests_by_name(refresh=True))["SQL"].id == "tst_3"  # the cached one
+        assert fake.calls("GET", "/v1/tests") == 4
+        clock.now += 30  # the failed read counts: no new read within the interval
+        assert (await py.tests_by_name(refresh=True))["SQL"].id == "tst_3"
+        assert fake.calls("GET", "/v1/tests") == 4
+        clock.now += 30
+        fake.tests.append({"id": "tst_6", "name": "Java"})
+        assert (await py.tests_by_name(refresh=True))["Java"].id == "tst_6"
+
+
+async def test_without_a_catalogue_a_failed_read_raises_and_the_next_call_reads() -> None:
+    fake, clock = FakePy(), Clock()
+    async with client(fake, clock=clock, max_attempts=1) as py:
+        fake.fail_next = [error(500, "internal", "try again")]
+        with pytest.raises(RetryableApiError) as info:
+            await py.tests_by_name()
+        assert "500" in str(info.value)
+        assert (await py.tests_by_name())["SQL"].id == "tst_3"  # no interval to wait for
+        assert py.tests_reads == 2
+
+
+def test_the_refresh_interval_must_fit_the_ttl() -> None:
+    with pytest.raises(ValueError):
+        PyClient(BASE, KEY, tests_ttl=30, tests_refresh_interval=60)
 
 
 # --- invitations ---------------------------------------------------------------------

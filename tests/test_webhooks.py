@@ -371,3 +371,22 @@ async def test_the_api_recovers_when_temporal_comes_back(stack: Stack) -> None:
             assert run.workflow_type == "AssessmentWorkflow"
         finally:
             await env.shutdown()
+
+
+async def test_a_signed_body_nested_deeper_than_the_ledger_can_follow_is_400(
+    stack: Stack,
+) -> None:
+    """The token ledger canonicalises the body: nesting that json.loads still takes but a
+    canonical dump cannot follow is a 400, never a 500."""
+    from pylever.signatures import sign_lever_webhook
+
+    statuses = set()
+    for depth in (500, *range(900, 1_000, 2), 3_000):
+        body = sign_lever_webhook(ACME_TOKEN, "candidateHired", {"opportunityId": "opp-deep"})
+        raw = json.dumps(body)[:-1] + ', "x": ' + "[" * depth + "]" * depth + "}"
+        response = await post_webhook(stack, raw.encode())
+        statuses.add(response.status_code)
+        assert response.status_code in (200, 400), (depth, response.text)
+        if response.status_code == 400:
+            assert response.json()["error"]["code"] == "invalid_json"
+    assert statuses == {200, 400}

@@ -9,9 +9,12 @@ Nothing is withdrawn until Lever confirms it: Lever's signature does not cover
 a webhook's ``data``, so a captured delivery re-sent as ``candidateDeleted`` with
 another candidate's id would otherwise cancel that candidate's invitation. An
 archive needs the opportunity archived (or gone), a delete needs Lever's 404
-(``lever.opportunity_state``). Unconfirmed: the result is 0, the memo says
-``{"withdrawal": {"confirmed": false, "lever_says": ...}}``, the worker logs a
-warning and counts ``pylever_withdrawals_unconfirmed``.
+(``lever.opportunity_state``), read again after 10 s, 1 min and 5 min when the
+first answer does not confirm it (Lever's reads may lag its webhooks).
+Unconfirmed: the result is 0, the memo says ``{"withdrawal": {"confirmed":
+false, "lever_says": ...}}``, the worker logs a warning and counts
+``pylever_withdrawals_unconfirmed``. Lever failing for a day: the workflow fails
+(visible as Failed), nothing withdrawn.
 
 The assessments are reached by their deterministic ids, one per trigger stage
 of the account (``WithdrawInput.stage_ids``): an archive that arrives 100 ms
@@ -31,12 +34,13 @@ endpoint) finds nothing once the candidate's executions are deleted.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Literal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     import workflows.decisions as decisions
@@ -45,11 +49,24 @@ with workflow.unsafe.imports_passed_through():
     from workflows.assessment import DURABLE, AssessmentWorkflow
     from workflows.calls import LeverOps
 
+# When Lever is asked again if its first answer does not confirm the webhook.
+RECHECKS = (timedelta(seconds=10), timedelta(minutes=1), timedelta(minutes=5))
 # What Lever must say of the opportunity for each reason: a forged webhook (Lever's
 # signature does not cover ``data``) names a candidate Lever still shows active.
 CONFIRMING_STATES = {"archived": ("archived", "gone"), "deleted": ("gone",)}
 
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
+
+
+async def _lever_state(lever: LeverOps, input: WithdrawInput) -> str:
+    try:
+        return await lever.opportunity_state()
+    except ActivityError as exc:
+        raise ApplicationError(
+            f"cannot confirm the {input.reason} webhook with Lever: {exc.cause or exc}",
+            type="WithdrawalUnconfirmable",
+            non_retryable=True,
+        ) from None
 
 
 @workflow.defn
@@ -102,16 +119,27 @@ class WithdrawCandidateWorkflow:
 
     @staticmethod
     async def _confirmed(input: WithdrawInput) -> bool:
-        """Lever shows the opportunity archived (or gone) / gone (404): the webhook is true."""
-        try:
-            state = await LeverOps(input.account_id, input.opportunity_id).opportunity_state()
-        except ActivityError as exc:  # Lever failing for a day: nothing is withdrawn
-            state = f"unknown ({exc.cause or exc})"
-        if state in CONFIRMING_STATES[input.reason]:
+        """Lever shows the opportunity archived (or gone) / gone (404): the webhook is true.
+
+        Lever's reads may lag its own webhook: a state that does not confirm it is read
+        again after 10 s, 1 min and 5 min. A read that fails for good (Lever failing for a
+        day) fails this workflow: it shows as Failed in the Web UI, nothing withdrawn.
+        """
+        lever = LeverOps(input.account_id, input.opportunity_id)
+        expected = CONFIRMING_STATES[input.reason]
+        state = await _lever_state(lever, input)
+        for delay in RECHECKS:
+            if state in expected:
+                return True
+            await asyncio.sleep(delay.total_seconds())
+            state = await _lever_state(lever, input)
+        if state in expected:
             return True
         workflow.logger.warning(
-            "withdrawal not confirmed by Lever (%s webhook, opportunity %s): nothing withdrawn",
+            "withdrawal not confirmed by Lever: a %s webhook for opportunity %s, which Lever "
+            "shows %s; nothing withdrawn",
             input.reason,
+            input.opportunity_id,
             state,
         )
         workflow.metric_meter().create_counter(

@@ -10,7 +10,10 @@ Importing this module starts nothing; tests/test_replay.py calls it:
   time skipping as in tests/test_lifecycle.py, and a stand-in for the deleting activities)
   and run only when histories are recorded;
 - ``DURABLE_ONLY`` (lever-refused, adopted) are paths of the durable shape only
-  (``workflow.patched("durable-invitation")``), on the recording stack too.
+  (``workflow.patched("durable-invitation")``), on the recording stack too;
+- ``MORE`` (unconfirmed, lever-gone, contract-error, cancel-holds-result): more paths
+  of the durable shape only, recorded together as the group ``more``
+  (``PYLEVER_RECORD_HISTORIES=durable:more``) or one by one.
 
 There are two saved sets (tests/test_replay.py): the *shipped* one (``assessment-pass``,
 ...), recorded from the code before ``durable-invitation`` and frozen since, and the
@@ -20,6 +23,7 @@ set unless the shipped one is named::
 
     PYLEVER_RECORD_HISTORIES=durable:all .venv/bin/pytest tests/test_replay.py        # all
     PYLEVER_RECORD_HISTORIES=durable:expired,adopted .venv/bin/pytest tests/test_replay.py  # some
+    PYLEVER_RECORD_HISTORIES=durable:more .venv/bin/pytest tests/test_replay.py  # MORE's paths
 
 A recording waits for each step's effect (a tag in Lever, a memo status, a closed
 execution) before the next step, so the same path writes the same events each time.
@@ -48,8 +52,9 @@ from activities.temporal_ops import TemporalActivities
 from pylever import search_attributes as sa
 from pylever.models import Status
 from tests.integration_stack import ON_SITE, Stack, running_stack
-from tests.pipeline_support import PY_TESTS
+from tests.pipeline_support import PY_TESTS, post_webhook, signed, webhooks_off
 from tests.temporal_harness import wait_for_visibility
+from tests.test_forged_withdrawals import ACME_TOKEN, withdrawal_data
 from tests.test_lifecycle import start_lifecycle_env, unstamped_client
 from workflows import decisions
 
@@ -379,6 +384,107 @@ async def record_adopted(stack: Stack) -> Histories:
     }
 
 
+# --- more paths of the durable shape only (``recording_stack``) ---------------------------
+
+
+async def record_unconfirmed(stack: Stack) -> Histories:
+    """A forged ``candidateDeleted`` webhook (a freshly signed delivery: Lever's signature
+    does not cover ``data``) naming an invited candidate Lever still shows active. The
+    withdrawal reads ``lever.opportunity_state`` at once and again after 10 s, 1 min and
+    5 min (skipped: ``fast_forward``), is never confirmed and ends with 0, signalling
+    nothing. Only the withdrawal is recorded; the assessment, untouched, is then completed
+    (92: pass) so that nothing stays running."""
+    opp, parent_id, child, invitation_id = await waiting(stack, "Replay Unconfirmed")
+    event = "candidateDeleted"
+    response = await post_webhook(stack, signed(ACME_TOKEN, withdrawal_data(opp, event), event))
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "withdrawing", response.text
+    withdraw = stack.client.get_workflow_handle(response.json()["workflow_id"])
+    assert await fast_forward(stack, withdraw, None) is False  # the re-reads; then closed
+    assert await withdraw.result() == 0
+    memo = await (await withdraw.describe()).memo()
+    assert memo.get("withdrawal") == {"confirmed": False, "lever_says": "active"}, memo
+    assert stack.py.invitation(invitation_id)["status"] == "invited"
+    assert decisions.TAG_INVITED in stack.tags(opp)
+    assert await _status_is(stack, child.id, Status.INVITED.value)
+    recorded = {"withdraw-unconfirmed": await history(stack, withdraw.id)}
+    await stack.py.complete(invitation_id, 92)  # the assessment ends: a clean stack
+    result = await stack.result(parent_id)
+    assert result.status == Status.COMPLETED, result
+    return recorded
+
+
+async def record_lever_gone(stack: Stack) -> Histories:
+    """Invited; then deleted in Lever without a webhook, and Py's ``invitation.started``
+    callback arrives: the background "Py - Started" tag meets Lever's 404 (the candidate
+    is gone), the invitation is cancelled at Py and ends ``cancelled``, nothing else
+    written to Lever."""
+    opp, parent_id, child, invitation_id = await waiting(stack, "Replay Levergone")
+    with webhooks_off(stack.lever):
+        _, attempt = await stack.lever.delete_candidate(opp)
+    assert attempt is None  # no delivery: no withdrawal
+    await stack.py.start(invitation_id)  # the Started tag meets a 404
+    result = await stack.result(parent_id)
+    assert result.status == Status.CANCELLED, result
+    [invitation] = result.invitations
+    assert invitation.status == Status.CANCELLED, invitation
+    assert invitation.verdict is None and "404" in (invitation.error or ""), invitation
+    assert stack.py.invitation(invitation_id)["status"] == "cancelled"
+    assert await closed(stack, child.id) == WorkflowExecutionStatus.COMPLETED
+    return {
+        "assessment-lever-gone": await history(stack, parent_id),
+        "invitation-lever-gone": await history(stack, child.id),
+    }
+
+
+async def record_contract_error(stack: Stack) -> Histories:
+    """Py completes the invitation without a ``report_url`` and sends no callback; the
+    2-day check's ``py.get_invitation`` meets a record that breaks Py's contract
+    (``PyContractError``): the in-progress tags are cleared, no verdict, ends ``error``."""
+    opp, parent_id, child, invitation_id = await waiting(stack, "Replay Contracterror")
+    _, callback = await stack.py.complete(invitation_id, 70, callback=False, omit=("report_url",))
+    assert callback is None
+    assert await fast_forward(stack, child, None) is False  # closed at the 2-day check
+    result = await stack.result(parent_id)
+    assert result.status == Status.ERROR, result
+    [invitation] = result.invitations
+    assert invitation.status == Status.ERROR and invitation.verdict is None, invitation
+    assert "report_url" in (invitation.error or ""), invitation
+    assert not {decisions.TAG_INVITED, decisions.TAG_STARTED} & set(stack.tags(opp))
+    assert stack.py.invitations[invitation_id].reminders == 0
+    return {
+        "assessment-contract-error": await history(stack, parent_id),
+        "invitation-contract-error": await history(stack, child.id),
+    }
+
+
+async def record_cancel_holds_result(stack: Stack) -> Histories:
+    """Py completes the invitation (95: pass) without a callback; then an operator cancels
+    the assessment. The child cancels at Py, gets the completed invitation back (409) and
+    writes its verdict (tags, report link, move on pass); the child and the assessment end
+    COMPLETED with that result, not cancelled."""
+    opp, parent_id, child, invitation_id = await waiting(stack, "Replay Cancelheld")
+    _, callback = await stack.py.complete(invitation_id, 95, callback=False)
+    assert callback is None
+    parent = stack.client.get_workflow_handle(parent_id)
+    await parent.cancel()
+    assert await closed(stack, parent_id) == WorkflowExecutionStatus.COMPLETED
+    assert await closed(stack, child.id) == WorkflowExecutionStatus.COMPLETED
+    result = await stack.result(parent_id)
+    assert result.status == Status.COMPLETED, result
+    assert "cancelled by an operator" in (result.reason or ""), result
+    [invitation] = result.invitations
+    assert invitation.status == Status.COMPLETED and invitation.verdict == "pass", invitation
+    tags = set(stack.tags(opp))
+    assert decisions.TAG_PASS in tags, tags
+    assert not {decisions.TAG_INVITED, decisions.TAG_STARTED} & tags, tags
+    assert stack.lever.opportunity(opp)["stage"] == stack.lever.resolve_stage(ON_SITE)
+    return {
+        "assessment-cancel-holds-result": await history(stack, parent_id),
+        "invitation-cancel-holds-result": await history(stack, child.id),
+    }
+
+
 FAST: dict[str, Recording] = {
     "pass": record_pass,
     "invite-failed": record_invite_failed,
@@ -394,6 +500,12 @@ SLOW: dict[str, Recording] = {
 DURABLE_ONLY: dict[str, Recording] = {
     "lever-refused": record_lever_refused,
     "adopted": record_adopted,
+}
+MORE: dict[str, Recording] = {  # of the durable shape only; the group ``more`` names them all
+    "unconfirmed": record_unconfirmed,
+    "lever-gone": record_lever_gone,
+    "contract-error": record_contract_error,
+    "cancel-holds-result": record_cancel_holds_result,
 }
 
 
@@ -457,4 +569,4 @@ async def record(
     return out
 
 
-__all__ = ["DURABLE_ONLY", "FAST", "SLOW", "record", "recording_stack"]
+__all__ = ["DURABLE_ONLY", "FAST", "MORE", "SLOW", "record", "recording_stack"]

@@ -346,3 +346,21 @@ async def test_a_cancel_while_a_rerun_adopts_cancels_the_earlier_invitation(
         assert await closed(case.child) == WorkflowExecutionStatus.CANCELED
     assert py_status(lc, case) == "cancelled"
     assert len(s.invitations(case.opp)) == 1
+
+
+async def test_cancelling_an_assessment_whose_result_py_holds_ends_completed(
+    lc: Lifecycle,
+) -> None:
+    """The parent too: a child that applied a result Py already held makes the assessment
+    end with that result, not cancelled (a re-entry then sends and writes nothing new)."""
+    case = await invited(lc, "Held Hugo")
+    await lc.stack.py.complete(case.invitation_id, 95, callback=False)
+    parent = lc.stack.client.get_workflow_handle(case.parent_id)
+    await parent.cancel()
+    assert await closed(parent) == WorkflowExecutionStatus.COMPLETED
+    res = await result(lc, case)
+    assert res.status == Status.COMPLETED and res.invitations[0].verdict == "pass"
+    assert "cancelled by an operator" in (res.reason or "")
+    assert py_tags(lc, case.opp) == {TAG_PASS}
+    again = await lc.stack.move(case.opp, "Py Assessment")
+    assert again.body["status"] in ("already_done", "ignored"), again.body

@@ -11,7 +11,8 @@ parent's, so a parent replays only under its recorded id). There are two sets:
   that executions started before that patch still replay (``workflows.shipped_v1``);
 - the *durable* set (``durable-assessment-pass``, ...): the same paths recorded from
   the durable shape (each history starts with the patch's ``core_patch`` marker), plus
-  two paths of that shape only: ``lever-refused`` and ``adopted`` (below).
+  paths of that shape only: ``lever-refused`` and ``adopted``, and the group ``more``
+  (``unconfirmed``, ``lever-gone``, ``contract-error``, ``cancel-holds-result``) below.
 
 ``CLAIMS`` below says which path each file is; every path, its histories (the
 durable set: the same names with ``durable-`` in front):
@@ -42,7 +43,23 @@ durable set: the same names with ``durable-`` in front):
   ``durable-invitation-adopted-1`` (the first run: its child terminated, the parent
   ends ``error``), ``durable-assessment-adopted-2``, ``durable-invitation-adopted-2``
   (the re-run after the candidate re-entered the stage: the child adopts the open
-  invitation, ``py.get_invitation`` instead of ``py.create_invitation``).
+  invitation, ``py.get_invitation`` instead of ``py.create_invitation``);
+- unconfirmed (durable only, group ``more``): ``durable-withdraw-unconfirmed`` (a
+  forged ``candidateDeleted`` webhook naming an active, invited candidate: Lever is
+  read 4 times, at once and after 10 s, 1 min and 5 min, never confirms it; the
+  withdrawal ends with 0 and signals nothing);
+- lever-gone (durable only, group ``more``): ``durable-assessment-lever-gone``,
+  ``durable-invitation-lever-gone`` (deleted in Lever without a webhook, then the
+  started callback: the "Py - Started" tag meets a 404, cancelled at Py, ends
+  ``cancelled``);
+- contract-error (durable only, group ``more``): ``durable-assessment-contract-error``,
+  ``durable-invitation-contract-error`` (completed at Py without a ``report_url`` and
+  without a callback: the 2-day check meets ``PyContractError``, the in-progress tags
+  are cleared, ends ``error``);
+- cancel-holds-result (durable only, group ``more``):
+  ``durable-assessment-cancel-holds-result``, ``durable-invitation-cancel-holds-result``
+  (completed at Py without a callback, then the assessment is cancelled: the child's
+  ``py.cancel`` gets the result back, which is written; both end COMPLETED).
 
 A workflow change that is not replay-safe (another activity order, a new step
 without ``workflow.patched``) makes ``test_saved_history_replays`` fail. When a
@@ -51,6 +68,7 @@ the durable set again and commit it with the change::
 
     PYLEVER_RECORD_HISTORIES=durable:all .venv/bin/pytest tests/test_replay.py  # every path
     PYLEVER_RECORD_HISTORIES=durable:expired,adopted .venv/bin/pytest tests/test_replay.py
+    PYLEVER_RECORD_HISTORIES=durable:more .venv/bin/pytest tests/test_replay.py  # the 4 above
 
 A value without a set (``1``, ``expired,deleted``) records the durable set too; the
 shipped set is written only when named (``shipped:...``), and the current code cannot
@@ -108,14 +126,20 @@ SHIPPED, DURABLE_SET = SETS["shipped"], SETS["durable"]
 GROUPS = {**record_histories.FAST, **record_histories.SLOW}  # the paths of both sets
 GROUPS_OF = {
     "shipped": GROUPS,
-    "durable": {**GROUPS, **record_histories.DURABLE_ONLY},
+    "durable": {**GROUPS, **record_histories.DURABLE_ONLY, **record_histories.MORE},
+}
+# Names for several groups at once, by set.
+ALIASES_OF: dict[str, dict[str, set[str]]] = {
+    "shipped": {},
+    "durable": {"more": set(record_histories.MORE)},
 }
 
 
 def _to_record() -> tuple[str, set[str]]:
     """The set and the recording groups ``PYLEVER_RECORD_HISTORIES`` asks for:
     ``[SET:]GROUPS``, SET ``durable`` (the default) or ``shipped``, GROUPS ``1`` (or
-    ``all``) for every one, else a comma-separated list of group names; unset: none."""
+    ``all``) for every one, else a comma-separated list of group names (or aliases:
+    ``more``); unset: none."""
     value = os.environ.get("PYLEVER_RECORD_HISTORIES", "").strip()
     if not value or value == "0":
         return "durable", set()
@@ -130,12 +154,14 @@ def _to_record() -> tuple[str, set[str]]:
     known = GROUPS_OF[which]
     if groups in ("1", "all"):
         return which, set(known)
-    asked = {g.strip() for g in groups.split(",") if g.strip()}
+    aliases = ALIASES_OF[which]
+    named = {g.strip() for g in groups.split(",") if g.strip()}
+    asked = {each for g in named for each in aliases.get(g, {g})}
     unknown = asked - set(known)
     if unknown or not asked:
         raise pytest.UsageError(
             f"PYLEVER_RECORD_HISTORIES: unknown {sorted(unknown)} in the {which} set; "
-            f"groups: {sorted(known)}"
+            f"groups: {sorted(known)}; aliases: {sorted(aliases)}"
         )
     return which, asked
 
@@ -393,6 +419,49 @@ DURABLE_CLAIMS: dict[str, Claim] = {
         (_P, "signaled:py_event", "completed"),
         parent=f"{_D}assessment-adopted-2",
     ),
+    # --- the group ``more`` ---
+    f"{_D}withdraw-unconfirmed": Claim(
+        # Asked at once, then after 10 s, 1 min and 5 min; never "gone": nothing signalled
+        ("lever.opportunity_state",) * 4,
+        (_P, "timer-fired", "timer-fired", "timer-fired", "completed"),
+    ),
+    f"{_D}assessment-lever-gone": _STANDARD_ASSESSMENT,  # ends cancelled (its child's)
+    f"{_D}invitation-lever-gone": Claim(
+        (
+            *_INVITE,
+            "lever.add_tags",  # Py - Started: 404, the candidate is gone
+            "py.cancel",  # nothing more written to Lever
+        ),
+        (_P, "signaled:py_event", "completed"),
+        parent=f"{_D}assessment-lever-gone",
+    ),
+    f"{_D}assessment-contract-error": _STANDARD_ASSESSMENT,  # ends error (its child's)
+    f"{_D}invitation-contract-error": Claim(
+        (
+            *_INVITE,
+            "py.get_invitation",  # the 2-day check: PyContractError (no report_url)
+            "lever.remove_tags",  # the in-progress tags; no verdict, no reminder
+        ),
+        (_P, "timer-fired", "completed"),  # no callback at all
+        parent=f"{_D}assessment-contract-error",
+    ),
+    f"{_D}assessment-cancel-holds-result": Claim(
+        _READ_AND_FIND,  # writes nothing itself
+        (_P, "child-started", "cancel-requested", "cancel-sent", "child-completed",
+         "completed"),  # the child's result: the assessment ends completed
+    ),  # fmt: skip
+    f"{_D}invitation-cancel-holds-result": Claim(
+        (
+            *_INVITE,
+            "py.cancel",  # 409: completed meanwhile, the result comes back
+            "lever.remove_tags",
+            "lever.add_tags",  # Py - Pass
+            "lever.add_links",
+            "lever.move_to_stage",
+        ),
+        (_P, "cancel-requested", "completed"),  # no callback
+        parent=f"{_D}assessment-cancel-holds-result",
+    ),
 }
 CLAIMS: dict[str, Claim] = {**SHIPPED_CLAIMS, **DURABLE_CLAIMS}
 SAVED = tuple(CLAIMS)
@@ -557,13 +626,17 @@ def _type_of(name: str) -> str:
     return found.group(2)
 
 
-_SLOW_AND_DURABLE_ONLY = {**record_histories.SLOW, **record_histories.DURABLE_ONLY}
+_SLOW_AND_DURABLE_ONLY = {
+    **record_histories.SLOW,
+    **record_histories.DURABLE_ONLY,
+    **record_histories.MORE,
+}
 
 
 @pytest.mark.skipif(
     not RECORD & set(_SLOW_AND_DURABLE_ONLY),
     reason="records only with PYLEVER_RECORD_HISTORIES ([durable:]1, or some of: "
-    + ", ".join(_SLOW_AND_DURABLE_ONLY) + ")",
+    + ", ".join([*_SLOW_AND_DURABLE_ONLY, *ALIASES_OF["durable"]]) + ")",
 )
 async def test_record_the_other_paths() -> None:
     """Records the paths that need a stack of their own (time skipping, a deletion that
@@ -717,6 +790,71 @@ def test_durable_adopted_rerun() -> None:
     assert activity_types(first_child)[0] == "py.create_invitation"
     assert activity_types(rerun_child)[0] == "py.get_invitation"
     assert "py.create_invitation" not in activity_types(rerun_child)
+
+
+def _failed_activities(history: WorkflowHistory) -> list[tuple[str, str]]:
+    """(activity type, failure type) of each activity that failed for good (the type stays
+    clear text; the message and details are encrypted)."""
+    scheduled = {
+        e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    }
+    return [
+        (scheduled[a.scheduled_event_id], a.failure.application_failure_info.type)
+        for e in history.events
+        if e.HasField("activity_task_failed_event_attributes")
+        for a in (e.activity_task_failed_event_attributes,)
+    ]
+
+
+async def test_durable_unconfirmed_withdrawal_rereads_and_signals_nothing() -> None:
+    """The forged delete: Lever re-read after 10 s, 1 min and 5 min (the timers), each
+    read answered (none failed); no signal, no listing, no deletion; the result is 0."""
+    withdraw = load(f"{DURABLE_SET}withdraw-unconfirmed")
+    timers = [
+        e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
+        for e in withdraw.events
+        if e.HasField("timer_started_event_attributes")
+    ]
+    assert timers == [timedelta(seconds=10), timedelta(minutes=1), timedelta(minutes=5)]
+    assert _failed_activities(withdraw) == []
+    assert not [m for m in milestones(withdraw) if m.startswith("signal")]
+    closing = withdraw.events[-1].workflow_execution_completed_event_attributes
+    converter = data_converter(AesGcmCodec([PAYLOAD_KEY]))
+    assert await converter.decode(closing.result.payloads, [int]) == [0]
+
+
+def test_durable_lever_gone_stops_at_the_404() -> None:
+    """The Started tag failed for good with Lever's 404 (``NotFoundError``); the only call
+    after it is Py's cancel: no tag cleared on a candidate who is gone."""
+    child = load(f"{DURABLE_SET}invitation-lever-gone")
+    assert _failed_activities(child) == [("lever.add_tags", "NotFoundError")]
+    assert activity_types(child)[-1] == "py.cancel"
+
+
+def test_durable_contract_error_is_the_2_day_check() -> None:
+    """The 2-day check's read of Py failed for good with ``PyContractError``; no reminder,
+    no verdict: only the in-progress tags' removal after it."""
+    child = load(f"{DURABLE_SET}invitation-contract-error")
+    assert _failed_activities(child) == [("py.get_invitation", "PyContractError")]
+    assert "py.remind" not in activity_types(child)
+
+
+def test_durable_cancel_holding_a_result_ends_completed() -> None:
+    """The operator's cancel met a result Py held: after the cancel request the child
+    cancels at Py and writes the verdict; the child and the assessment end completed (no
+    CANCELED close), and the assessment writes nothing itself."""
+    parent = load(f"{DURABLE_SET}assessment-cancel-holds-result")
+    child = load(f"{DURABLE_SET}invitation-cancel-holds-result")
+    cancel_requested = EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED
+    assert _activities_after(child, cancel_requested) == [
+        "py.cancel", "lever.remove_tags", "lever.add_tags", "lever.add_links",
+        "lever.move_to_stage",
+    ]  # fmt: skip
+    assert _activities_after(parent, cancel_requested) == []
+    assert milestones(parent)[-2:] == ["child-completed", "completed"]
+    assert milestones(child)[-1] == "completed"
 
 
 @pytest.mark.parametrize("name", SAVED)

@@ -616,9 +616,11 @@ class AssessmentWorkflow(AssessmentV1):
         except BaseException as exc:
             if not is_cancelled_exception(exc):
                 raise
-            await self._cancelled()
+            result = await self._cancelled()
             await workflow.wait_condition(workflow.all_handlers_finished)
-            raise CancelledError("cancelled by an operator") from None
+            if result.status != Status.COMPLETED:
+                raise CancelledError("cancelled by an operator") from None
+            # A result Py already held was applied: the assessment ends with it.
         await workflow.wait_condition(workflow.all_handlers_finished)
         return result
 
@@ -768,14 +770,16 @@ class AssessmentWorkflow(AssessmentV1):
                 )
         return results
 
-    async def _cancelled(self) -> None:
+    async def _cancelled(self) -> AssessmentResult:
         """An operator cancelled the assessment. Its children were asked to cancel (each
         cancels its invitation at Py and clears its tags); wait for them, then clear the
-        tags that several tests share."""
+        tags that several tests share. ``completed`` when a child applied a result Py
+        already held (the invitation had been completed): results are never dropped."""
         for child in self._children:
             if not child.done():
                 child.cancel()  # not awaited when the cancel came (a gather forwards it itself)
         results = await self._child_results() if self._children else []
+        reason = "cancelled by an operator"
         if len(results) > 1:
             lever = LeverOps(self._input.account_id, self._input.opportunity_id).durable(
                 durable_horizon(self._input.settings)
@@ -783,8 +787,12 @@ class AssessmentWorkflow(AssessmentV1):
             try:
                 await lever.change_tags(decisions.TagChange(remove=decisions.IN_PROGRESS_TAGS))
             except ActivityError as exc:
-                self._reason = f"cannot update Lever: {_error_message(exc)}"
-        self._end(Status.CANCELLED, "cancelled by an operator", tuple(results))
+                reason += f"; cannot update Lever: {_error_message(exc)}"
+        status = Status.CANCELLED
+        if any(r.status == Status.COMPLETED for r in results):
+            status = decisions.overall_status(results)
+            reason += "; the results Py already held were applied"
+        return self._end(status, reason, tuple(results))
 
     async def _conclude_several(
         self, lever: LeverOps, results: list[InvitationResult]

@@ -37,6 +37,7 @@ previous line); never a token.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import time
@@ -67,8 +68,25 @@ log = logging.getLogger("pylever.throttle")
 
 
 def client_address(request: Request) -> str:
-    """The address the throttle keys on (see the module's notes on proxies)."""
-    return request.client.host if request.client else "unknown"
+    """The address the throttle keys on (see the module's notes on proxies).
+
+    An IPv6 client is keyed by its /64: one host usually holds a whole /64, and
+    would otherwise get a fresh allowance from each of its addresses.
+    """
+    host = request.client.host if request.client else "unknown"
+    return client_key(host)
+
+
+def client_key(host: str) -> str:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
+    return host
 
 
 @dataclass

@@ -26,7 +26,7 @@ from temporalio.api.common.v1 import Payload
 
 from api import create_app
 from pylever.settings import Settings
-from pylever.throttle import AdminThrottle
+from pylever.throttle import AdminThrottle, client_key
 from tests.integration_stack import free_port, stack_config
 from tests.process_stack import PYTHON, ManagedProcess
 
@@ -74,6 +74,17 @@ def test_ten_wrong_tokens_then_refused_until_one_refills() -> None:
         assert throttle.retry_after("10.0.0.1", LOGIN) is None
         throttle.failed("10.0.0.1", LOGIN)
     assert throttle.retry_after("10.0.0.1", LOGIN) == 6
+
+
+def test_an_ipv6_client_is_one_client_per_64_and_mapped_ipv4_is_ipv4() -> None:
+    """Otherwise one host with a /64 gets a fresh allowance from each of its addresses."""
+    assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9") == (
+        "2001:db8:1:2::/64"
+    )
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert client_key("192.0.2.7") == "192.0.2.7"
+    assert client_key("unknown") == "unknown"
 
 
 def test_memory_is_bounded_oldest_client_forgotten_first() -> None:

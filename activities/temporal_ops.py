@@ -8,7 +8,12 @@ from pydantic import BaseModel, ConfigDict
 from temporalio import activity
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from pylever import search_attributes as sa
@@ -46,13 +51,8 @@ class TemporalActivities:
         """
         found: dict[str, str] = {}
         for workflow_id in workflow_ids:
-            try:
-                desc = await self._client.get_workflow_handle(workflow_id).describe()
-            except RPCError as exc:
-                if exc.status == RPCStatusCode.NOT_FOUND:
-                    continue
-                raise
-            if desc.status == WorkflowExecutionStatus.RUNNING:
+            desc = await self._describe(workflow_id)
+            if desc is None or desc.status == WorkflowExecutionStatus.RUNNING:
                 continue
             details = (await desc.memo()).get("assessment") or {}
             invitation_id = details.get("invitation_id") if isinstance(details, dict) else None
@@ -87,18 +87,22 @@ class TemporalActivities:
             except WorkflowFailureError:
                 pass  # failed or cancelled: its children are found by the sweep after this
             for target in children:
-                try:
-                    run_id = (await self._client.get_workflow_handle(target).describe()).run_id
-                except RPCError as exc:
-                    if exc.status != RPCStatusCode.NOT_FOUND:
-                        raise
-                    continue
-                if await self._delete(target, run_id):
-                    deleted.append(f"{target}/{run_id}")
+                child = await self._describe(target)
+                if child is not None and await self._delete(target, child.run_id):
+                    deleted.append(f"{target}/{child.run_id}")
             if await self._delete(workflow_id, desc.run_id):
                 deleted.append(f"{workflow_id}/{desc.run_id}")
             activity.heartbeat(len(deleted))
         return deleted
+
+    async def _describe(self, workflow_id: str) -> WorkflowExecutionDescription | None:
+        """The latest run of ``workflow_id``; None when Temporal holds none."""
+        try:
+            return await self._client.get_workflow_handle(workflow_id).describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
 
     async def _delete(self, workflow_id: str, run_id: str = "") -> int:
         try:
@@ -121,13 +125,8 @@ class TemporalActivities:
         while pending:
             still = []
             for workflow_id in pending:
-                try:
-                    desc = await self._client.get_workflow_handle(workflow_id).describe()
-                except RPCError as exc:
-                    if exc.status == RPCStatusCode.NOT_FOUND:
-                        continue
-                    raise
-                if desc.status == WorkflowExecutionStatus.RUNNING:
+                desc = await self._describe(workflow_id)
+                if desc is not None and desc.status == WorkflowExecutionStatus.RUNNING:
                     still.append(workflow_id)
             pending = still
             activity.heartbeat(len(pending))

@@ -25,7 +25,7 @@ from pylever.lever_client import LeverClient, Opportunity, Stage
 BASE = "https://lever.test/v1"
 
 
-# Real Lever payloads (copied from ../shared/lever-samples; sources in SOURCES.md there).
+# Real Lever payloads (sources in fixtures/lever-samples/SOURCES.md).
 SAMPLES = Path(__file__).resolve().parent / "fixtures" / "lever-samples"
 
 

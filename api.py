@@ -11,14 +11,17 @@ Docker image does) for the header timeout; body limits (``pylever.http_limits``)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
 import logging
 import math
 import re
+import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -36,7 +39,7 @@ from temporalio.service import RetryConfig
 from pylever import metrics
 from pylever.codec import codec_from_env, data_converter
 from pylever.codec_server import codec_routes
-from pylever.config import AppConfig, load_config_or_exit
+from pylever.config import Account, AppConfig, load_config_or_exit
 from pylever.deliveries import DeliveryLedger
 from pylever.errors import ApiError
 from pylever.gateway import Gateway, TemporalUnavailable
@@ -44,6 +47,7 @@ from pylever.http_limits import BODY_TIMEOUT, BodyLimits, body_timeout_from_env
 from pylever.lever_client import LeverClient
 from pylever.logs import configure_logging, log_event
 from pylever.models import AssessmentInput, InvitationRecord, PyEvent, report_url_problem
+from pylever.reload import AccountChanges, ConfigReloader
 from pylever.settings import Settings
 from pylever.signatures import PySignatureError, verify_lever_webhook, verify_py_signature
 from pylever.throttle import AdminThrottle, client_address
@@ -56,6 +60,7 @@ MAX_BODY_BYTES = 1024 * 1024
 _LEVER_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # used with fullmatch
 _STATUS_ENDPOINT = "GET /accounts/{account_id}/candidates/{opportunity_id}"  # a metrics label
 _METRICS_ENDPOINT = "GET /metrics"
+LEVER_GRACE = 30.0  # seconds a Lever client replaced by a reload stays open for requests using it
 
 
 # --- errors ----------------------------------------------------------------------
@@ -193,8 +198,20 @@ def validate_callback(payload: Mapping[str, Any]) -> tuple[str, PyEvent]:
 # --- the app ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Accounts:
+    """The configuration in force and what the handlers build from it, per account.
+
+    Replaced as a whole by a reload (one assignment): a request reads it once and keeps
+    the snapshot it started with."""
+
+    config: AppConfig
+    matchers: Mapping[str, TriggerMatcher]
+    levers: Mapping[str, LeverClient]
+
+
 class Service:
-    """Everything the handlers need, built once per process."""
+    """Everything the handlers need, built once per process; the accounts are reloadable."""
 
     def __init__(
         self,
@@ -202,20 +219,91 @@ class Service:
         settings: Settings,
         gateway: Gateway,
         matchers: Mapping[str, TriggerMatcher],
+        levers: Mapping[str, LeverClient],
+        *,
+        owned_levers: frozenset[LeverClient] = frozenset(),
+        lever_grace: float = LEVER_GRACE,
     ) -> None:
-        self.config = config
+        self.accounts = Accounts(config, dict(matchers), dict(levers))
         self.settings = settings
         self.gateway = gateway
-        self.matchers = dict(matchers)
         self.deliveries = DeliveryLedger()  # a delivery token is bound to its first body
         # pylever_assessments: counted from visibility at most once per 30 s, off the scrape path
         self.assessments = metrics.AssessmentGauge(gateway.client)
+        self._owned = set(owned_levers)  # the Lever clients this service closes (by identity)
+        self._grace = lever_grace
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    @property
+    def config(self) -> AppConfig:
+        return self.accounts.config
+
+    @property
+    def matchers(self) -> Mapping[str, TriggerMatcher]:
+        return self.accounts.matchers
+
+    # reload ------------------------------------------------------------------------
+
+    async def apply_config(self, old: AppConfig, new: AppConfig, changes: AccountChanges) -> None:
+        """Swap in ``new`` (``ConfigReloader``'s apply). Unchanged accounts keep their matcher
+        and Lever client (the stage cache); added and changed ones get new ones; the clients
+        replaced are closed after ``lever_grace`` seconds, when requests using them are done."""
+        current = self.accounts
+        fresh = set(changes.added) | set(changes.changed)
+        matchers: dict[str, TriggerMatcher] = {}
+        levers: dict[str, LeverClient] = {}
+        for account in new.accounts:
+            if account.id in fresh or account.id not in current.matchers:
+                levers[account.id] = self._new_lever(account)
+                matchers[account.id] = TriggerMatcher(account, levers[account.id])
+            else:
+                levers[account.id] = current.levers[account.id]
+                matchers[account.id] = current.matchers[account.id]
+        self.accounts = Accounts(new, matchers, levers)
+        kept = set(levers.values())
+        self._retire([c for c in current.levers.values() if c not in kept])
+
+    def _new_lever(self, account: Account) -> LeverClient:
+        lever = LeverClient(account.lever_api_url, account.lever_api_key.get_secret_value())
+        self._owned.add(lever)
+        return lever
+
+    def _retire(self, levers: list[LeverClient]) -> None:
+        """Close the clients this service owns after the grace delay (or when it stops)."""
+        owned = [c for c in levers if c in self._owned]
+        if not owned:
+            return
+
+        async def close_later() -> None:
+            try:
+                await asyncio.sleep(self._grace)
+            finally:
+                for lever in owned:
+                    self._owned.discard(lever)
+                    with contextlib.suppress(Exception):
+                        await lever.aclose()
+
+        task = asyncio.get_running_loop().create_task(close_later())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def aclose(self) -> None:
+        """Close the Lever clients this service owns, the retired ones at once."""
+        await self.assessments.aclose()
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        for lever in self.accounts.levers.values():
+            if lever in self._owned:
+                self._owned.discard(lever)
+                await lever.aclose()
 
     # Lever ------------------------------------------------------------------
 
     async def lever_webhook(self, request: Request) -> Response:
+        accounts = self.accounts  # this request's snapshot, whatever a reload does meanwhile
         account_id = request.path_params["account_id"]
-        account = self.config.account(account_id)
+        account = accounts.config.account(account_id)
         if account is None:
             return self._webhook_done(404, "unknown", "-", "not_found", "unknown account")
         raw = await read_body(request)
@@ -241,13 +329,13 @@ class Service:
         if not data:
             return self._webhook_done(200, account_id, event, "verified", None, {"status": "ok"})
         if event == "candidateStageChange":
-            return await self._stage_change(account_id, data)
+            return await self._stage_change(accounts, account_id, data)
         if event in ("candidateArchiveChange", "candidateDeleted"):
             opportunity_id = self._lever_id(data, "opportunityId")
             if event == "candidateArchiveChange" and not data.get("toArchived"):
                 return self._ignored(account_id, event, "unarchived")
             reason = "deleted" if event == "candidateDeleted" else "archived"
-            stage_ids = await self.matchers[account_id].stage_ids()
+            stage_ids = await accounts.matchers[account_id].stage_ids()
             workflow_id = await self.gateway.withdraw_candidate(
                 account_id, opportunity_id, reason, stage_ids
             )
@@ -258,25 +346,27 @@ class Service:
             )
         return self._ignored(account_id, event, "event not acted on")
 
-    async def _stage_change(self, account_id: str, data: Mapping[str, Any]) -> Response:
+    async def _stage_change(
+        self, accounts: Accounts, account_id: str, data: Mapping[str, Any]
+    ) -> Response:
         event = "candidateStageChange"
         opportunity_id = self._lever_id(data, "opportunityId")
         stage_id = self._lever_id(data, "toStageId")
         try:
-            trigger = await self.matchers[account_id].match(stage_id)
+            trigger = await accounts.matchers[account_id].match(stage_id)
         except ApiError as exc:
             log_event(log, "stage lookup failed", logging.WARNING, account=account_id, error=exc.message)
             return error_response(503, "lever_unavailable", "cannot list Lever stages; retry later")
         if trigger is None:
             return self._ignored(account_id, event, "not a trigger stage", opportunity_id)
-        account = self.config.account(account_id)
+        account = accounts.config.account(account_id)
         assert account is not None
         started = await self.gateway.start_assessment(
             AssessmentInput(
                 account_id=account_id,
                 opportunity_id=opportunity_id,
                 stage_id=stage_id,
-                settings=trigger_settings(self.config, account, trigger),
+                settings=trigger_settings(accounts.config, account, trigger),
             )
         )
         return self._webhook_done(
@@ -479,12 +569,19 @@ def create_app(
     client: Client | None = None,
     lever_clients: Mapping[str, LeverClient] | None = None,
     body_timeout: float = BODY_TIMEOUT,
+    reload_on_sighup: bool = False,
+    lever_grace: float = LEVER_GRACE,
 ) -> Starlette:
     """The ASGI app. Without ``client`` it connects (lazily) to Temporal at start-up.
 
-    ``body_timeout``: seconds a request body may take to arrive (``pylever.http_limits``)."""
+    ``body_timeout``: seconds a request body may take to arrive (``pylever.http_limits``).
+    With ``settings.config_path`` the lifespan keeps a ``ConfigReloader`` of that file in
+    ``app.state.reloader``; ``reload_on_sighup`` also reloads it on ``SIGHUP``.
+    ``lever_grace``: seconds a Lever client replaced by a reload stays open."""
     if settings.metrics_require_admin and not settings.admin_token:
         raise ValueError("PYLEVER_METRICS_REQUIRE_ADMIN needs PYLEVER_ADMIN_TOKEN")
+    if reload_on_sighup and not settings.config_path:
+        raise ValueError("reloading on SIGHUP needs PYLEVER_CONFIG")
     codec = codec_from_env({"PYLEVER_PAYLOAD_KEYS": settings.payload_keys or ""})
     converter = data_converter(codec)
     owned_lever = lever_clients is None
@@ -497,9 +594,18 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         temporal = client or await connect_temporal(settings, converter)
-        app.state.service = Service(
-            config, settings, Gateway(temporal, settings.task_queue), matchers
-        )
+        service = Service(
+            config, settings, Gateway(temporal, settings.task_queue), matchers, levers,
+            owned_levers=frozenset(levers.values()) if owned_lever else frozenset(),
+            lever_grace=lever_grace,
+        )  # fmt: skip
+        app.state.service = service
+        reloader = None
+        if settings.config_path:
+            reloader = ConfigReloader(settings.config_path, "api", config, service.apply_config)
+            if reload_on_sighup:
+                reloader.install()
+        app.state.reloader = reloader
         log_event(log, "api started", accounts=[a.id for a in config.accounts])
         if "pylever.http_server" not in sys.modules:  # uvicorn imports --http before the app
             log_event(
@@ -511,10 +617,9 @@ def create_app(
         try:
             yield
         finally:
-            await app.state.service.assessments.aclose()
-            if owned_lever:
-                for lever in levers.values():
-                    await lever.aclose()
+            if reloader is not None:
+                await reloader.aclose()
+            await service.aclose()
 
     admin_throttle = AdminThrottle()  # wrong admin tokens per client: /codec and status
     codec_extra = codec_routes(
@@ -540,13 +645,23 @@ def create_app(
 def app_from_env() -> Starlette:
     """Build the app from the environment; a bad config stops the process with one clear line."""
     configure_logging()
+    ignore_sighup()  # until the lifespan installs the reload (SIGHUP's default kills)
     settings = Settings.from_env()
     config = load_config_or_exit(settings.config_path, "api")
     try:
-        return create_app(config, settings, body_timeout=body_timeout_from_env())
+        return create_app(
+            config, settings, body_timeout=body_timeout_from_env(), reload_on_sighup=True
+        )
     except ValueError as exc:  # PYLEVER_PAYLOAD_KEYS, PYLEVER_BODY_TIMEOUT, ..._REQUIRE_ADMIN
         print(f"py-lever api: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def ignore_sighup() -> None:
+    """Ignore SIGHUP (its default action ends the process) until a reloader takes it over;
+    uvicorn handles SIGINT and SIGTERM only. Only the main thread may set it."""
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,8 +1,13 @@
 """Lever activities: each one makes exactly one Lever request.
 
-They run on the account's own task queue (``decisions.lever_task_queue``), which
-the worker rate-limits below Lever's 10 requests/s per key for the whole
-deployment, however many worker processes poll it.
+They run on the shared Lever task queue (``decisions.lever_task_queue``), each
+keyed by its account; the server holds every account below Lever's 10 requests/s
+per key for the whole deployment (``pylever.lever_limits``), however many worker
+processes poll it.
+
+An account this worker does not know yet (added to the file, the worker not yet
+sent SIGHUP) makes the worker re-read its configuration once (``on_unknown``)
+before the call fails with ``UnknownAccount``.
 
 An account whose Lever key is refused (401/403, e.g. while the customer rotates
 it) shows it: a warning at most once a minute per account,
@@ -16,8 +21,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 from temporalio import activity
@@ -62,14 +68,31 @@ def _key_accepted_by(exc: ApiError) -> bool:
     return exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 403, 429)
 
 
+class LeverClients(Protocol):
+    """A mapping of account ids to clients, or ``pylever.lever_accounts.LeverAccounts``."""
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def get(self, account_id: str, /) -> LeverClient | None: ...
+
+
 class LeverActivities:
     def __init__(
-        self, clients: Mapping[str, LeverClient], *, clock: Callable[[], float] = time.monotonic
+        self,
+        clients: LeverClients,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_unknown: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
-        self._clients = dict(clients)
+        self._clients = clients
         self._clock = clock
+        self._on_unknown = on_unknown
         self._refusal_warned_at: dict[str, float] = {}  # account -> clock() of its last warning
-        for account_id in self._clients:  # the series exist (at 0) from the start
+        self.watch(clients)
+
+    def watch(self, account_ids: Iterable[str]) -> None:
+        """The accounts' metric series exist (at 0) before their first call."""
+        for account_id in account_ids:
             LEVER_AUTH_REFUSALS.labels(account=account_id)
             LEVER_KEY_REFUSED.labels(account=account_id).set(0)
 
@@ -99,26 +122,29 @@ class LeverActivities:
         log_event(
             log,
             f"Lever refuses account {account_id!r}'s API key ({status}): put a valid key in "
-            "lever_api_key and restart the worker; Lever writes are retried until it works",
+            "lever_api_key and reload (SIGHUP) the worker; Lever writes are retried until it works",
             logging.WARNING,
             account=account_id,
             status=status,
             activity=activity.info().activity_type if activity.in_activity() else None,
         )
 
-    def _client(self, account_id: str) -> LeverClient:
-        try:
-            return self._clients[account_id]
-        except KeyError:
+    async def _client(self, account_id: str) -> LeverClient:
+        client = self._clients.get(account_id)
+        if client is None and self._on_unknown is not None:
+            await self._on_unknown()  # the file may name it already: re-read it (rate-limited)
+            client = self._clients.get(account_id)
+        if client is None:
             raise ApplicationError(
                 f"account {account_id!r} is not in this worker's configuration",
                 type="UnknownAccount",
                 non_retryable=True,
-            ) from None
+            )
+        return client
 
     @activity.defn(name="lever.read_candidate")
     async def read_candidate(self, req: ReadCandidate) -> Candidate:
-        client = self._client(req.account_id)
+        client = await self._client(req.account_id)
         with self._lever_calls(req.account_id):
             opp = await client.get_opportunity(req.opportunity_id)
         return Candidate(
@@ -138,7 +164,7 @@ class LeverActivities:
         A withdrawal (archive, delete webhook) is carried out only when this confirms it:
         Lever's signature does not cover a webhook's ``data``.
         """
-        client = self._client(req.account_id)
+        client = await self._client(req.account_id)
         try:
             with self._lever_calls(req.account_id):
                 opp = await client.get_opportunity(req.opportunity_id)
@@ -150,26 +176,26 @@ class LeverActivities:
 
     @activity.defn(name="lever.add_tags")
     async def add_tags(self, req: TagWrite) -> None:
-        client = self._client(req.account_id)
+        client = await self._client(req.account_id)
         with self._lever_calls(req.account_id):
             await client.add_tags(req.opportunity_id, list(req.tags))
 
     @activity.defn(name="lever.remove_tags")
     async def remove_tags(self, req: TagWrite) -> None:
-        client = self._client(req.account_id)
+        client = await self._client(req.account_id)
         with self._lever_calls(req.account_id):
             await client.remove_tags(req.opportunity_id, list(req.tags))
 
     @activity.defn(name="lever.add_links")
     async def add_links(self, req: LinkWrite) -> None:
-        client = self._client(req.account_id)
+        client = await self._client(req.account_id)
         with self._lever_calls(req.account_id):
             await client.add_links(req.opportunity_id, list(req.links))
 
     @activity.defn(name="lever.move_to_stage")
     async def move_to_stage(self, req: StageMove) -> str:
         """Resolve the configured stage (cached ``GET /stages``) and move the candidate there."""
-        client = self._client(req.account_id)
+        client = await self._client(req.account_id)
         with self._lever_calls(req.account_id):
             stage_id = await client.resolve_stage(req.stage)
             await client.move_to_stage(req.opportunity_id, stage_id)

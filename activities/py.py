@@ -80,6 +80,15 @@ class PyActivities:
         self._client = client
         self._callback_url = callback_url
 
+    @property
+    def client(self) -> PyClient:
+        return self._client
+
+    def use(self, client: PyClient, callback_url: str) -> PyClient:
+        """Calls from now on go through ``client`` (a reload); returns the one replaced."""
+        previous, self._client, self._callback_url = self._client, client, callback_url
+        return previous
+
     @activity.defn(name="py.find_tests")
     async def find_tests(self, req: FindTests) -> dict[str, str]:
         """Map those of ``names`` that are Py tests to their ids (the catalogue is cached).

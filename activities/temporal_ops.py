@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 
 from pydantic import BaseModel, ConfigDict
 from temporalio import activity
@@ -28,6 +29,21 @@ class CandidateRef(BaseModel):
     already_deleted: tuple[str, ...] = ()  # workflow_id/run_id deleted by id: not counted again
 
 
+class AccountPage(BaseModel):
+    """A page of an account's running assessments: ``page_token`` None for the first."""
+
+    model_config = ConfigDict(frozen=True)
+    account_id: str
+    page_token: str | None = None  # base64 of Temporal's next_page_token
+    page_size: int = 100
+
+
+class AssessmentPage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    workflow_ids: tuple[str, ...] = ()
+    next_page_token: str | None = None  # None: that was the last page
+
+
 class TemporalActivities:
     def __init__(self, client: Client, poll_interval: float = 1.0) -> None:
         self._client = client
@@ -41,6 +57,24 @@ class TemporalActivities:
             "AND WorkflowType = 'AssessmentWorkflow' AND ExecutionStatus = 'Running'"
         )
         return sorted({wf.id async for wf in self._client.list_workflows(query)})
+
+    @activity.defn(name="temporal.account_assessments")
+    async def account_assessments(self, page: AccountPage) -> AssessmentPage:
+        """One page of the ids of the account's running parent assessments (visibility)."""
+        query = (
+            f"{sa.account_query(page.account_id)} "
+            "AND WorkflowType = 'AssessmentWorkflow' AND ExecutionStatus = 'Running'"
+        )
+        token = base64.b64decode(page.page_token) if page.page_token else None
+        listing = self._client.list_workflows(
+            query, page_size=page.page_size, next_page_token=token
+        )
+        await listing.fetch_next_page()
+        following = listing.next_page_token
+        return AssessmentPage(
+            workflow_ids=tuple(wf.id for wf in listing.current_page or ()),
+            next_page_token=base64.b64encode(following).decode() if following else None,
+        )
 
     @activity.defn(name="temporal.previous_invitations")
     async def previous_invitations(self, workflow_ids: list[str]) -> dict[str, str]:

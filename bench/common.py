@@ -56,6 +56,13 @@ class Sizes:
     waiting: int
     results_to_apply: int
     idle_seconds: float
+    # 4. idle worker by configured accounts (bench/accounts.py)
+    accounts_sizes: tuple[int, ...]
+    accounts_settle_seconds: float
+    accounts_cpu_seconds: float
+    # 5. neighbours: account A's bulk move vs account B's trickle (bench/neighbours.py)
+    neighbours_bulk: int
+    neighbours_trickle: int
 
     @classmethod
     def from_env(cls) -> Sizes:
@@ -71,6 +78,11 @@ class Sizes:
                 waiting=1000,
                 results_to_apply=1000,
                 idle_seconds=20.0,
+                accounts_sizes=(1, 100, 300),
+                accounts_settle_seconds=15.0,
+                accounts_cpu_seconds=20.0,
+                neighbours_bulk=150,
+                neighbours_trickle=10,
             )
         return cls(
             quick=False,
@@ -82,6 +94,11 @@ class Sizes:
             waiting=5000,
             results_to_apply=1000,
             idle_seconds=20.0,
+            accounts_sizes=(1, 100, 1000),
+            accounts_settle_seconds=20.0,
+            accounts_cpu_seconds=30.0,
+            neighbours_bulk=500,
+            neighbours_trickle=20,
         )
 
     def to_json(self) -> dict[str, Any]:

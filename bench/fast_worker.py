@@ -10,8 +10,8 @@ the production worker: the same workflows, activities, task queues, codec and
 Temporal settings (``max_cached_workflows`` included). Nothing here is used
 outside ``bench/``.
 
-Environment: ``PYLEVER_BENCH_LEVER_RPS`` (the rate for every account's Lever
-task queue and Lever clients), plus what ``worker.py`` reads.
+Environment: ``PYLEVER_BENCH_LEVER_RPS`` (every account's limit on the shared
+Lever queue and its Lever clients' rate), plus what ``worker.py`` reads.
 """
 
 from __future__ import annotations
@@ -19,30 +19,28 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Iterable
 
 import worker
 from pylever import lever_client
-from pylever.config import AppConfig
+from pylever.config import Account
 
 
 def _raise_lever_rate(rate: float) -> None:
-    build_workers = worker.build_workers
+    apply_lever_limits = worker.apply_lever_limits
     bucket_for = lever_client.bucket_for
 
-    def build(client, config: AppConfig, *args, **kwargs):  # type: ignore[no-untyped-def]
-        # max_task_queue_activities_per_second of each account's Lever queue.
-        accounts = tuple(
-            a.model_copy(update={"lever_requests_per_second": rate}) for a in config.accounts
-        )
-        return build_workers(client, config.model_copy(update={"accounts": accounts}),
-                             *args, **kwargs)  # fmt: skip
+    async def limits(client, task_queue: str, accounts: Iterable[Account]):  # type: ignore[no-untyped-def]
+        # Each account's fairness-key limit on the shared Lever queue.
+        raised = [a.model_copy(update={"lever_requests_per_second": rate}) for a in accounts]
+        return await apply_lever_limits(client, task_queue, raised)
 
     def bucket(key: str, _rate: float, burst: int):  # type: ignore[no-untyped-def]
         # Every Lever client of the process shares one bucket per key, reconfigured by
         # the latest client built (the start-up checks build one at 10/s): force the rate.
         return bucket_for(key, rate, max(burst, int(rate)))
 
-    worker.build_workers = build  # type: ignore[assignment]
+    worker.apply_lever_limits = limits  # type: ignore[assignment]
     lever_client.bucket_for = bucket  # type: ignore[assignment]
 
 

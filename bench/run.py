@@ -1,8 +1,16 @@
 """``make bench``: py-lever's benchmarks, each on its own freshly started stack.
 
-    make bench                  # full: 1000 webhooks per level, 500 bulk, 5000 waiting
-    BENCH_QUICK=1 make bench    # quick: 300 webhooks per level, 100 bulk, 1000 waiting (< 5 min)
-    BENCH_ONLY=ingest,bulk make bench   # a subset (ingest, bulk, waiting)
+    make bench                  # full: 1000 webhooks per level, 500 bulk, 5000 waiting,
+                                #   an idle worker with 1/100/1000 accounts, neighbours 500 + 20
+    BENCH_QUICK=1 make bench    # quick: 300 webhooks per level, 100 bulk, 1000 waiting,
+                                #   1/100/300 accounts, neighbours 150 + 10
+    BENCH_ONLY=ingest,bulk make bench   # a subset (ingest, bulk, waiting, accounts, neighbours)
+    BENCH_ONLY=accounts,neighbours BENCH_QUICK=1 make bench   # the two multi-account ones
+
+Scenarios: ``ingest`` (webhook vs raw start), ``bulk`` (bulk invite under Lever's
+limit), ``waiting`` (thousands waiting), ``accounts`` (idle worker memory and CPU
+by configured accounts, bench/accounts.py), ``neighbours`` (one account's bulk
+move vs another account's candidates, bench/neighbours.py).
 
 Prints progress on stderr, then ``key=value`` lines and a table on stdout, and
 writes every figure to ``bench/results/<mode>-<time>.json`` (and
@@ -22,10 +30,16 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench import bulk, ingest, waiting
+from bench import accounts, bulk, ingest, neighbours, waiting
 from bench.common import RESULTS_DIR, ROOT, Sizes, loadavg, log, machine_info, write_json
 
-SCENARIOS = {"ingest": ingest.run, "bulk": bulk.run, "waiting": waiting.run}
+SCENARIOS = {
+    "ingest": ingest.run,
+    "bulk": bulk.run,
+    "waiting": waiting.run,
+    "accounts": accounts.run,
+    "neighbours": neighbours.run,
+}
 
 # Targets (benchmarks, not tests): what each figure is held against.
 TARGETS = {
@@ -36,6 +50,11 @@ TARGETS = {
     "invite_lever_calls_per_candidate": ("<=", 2),
     "lifecycle_lever_calls_per_candidate": ("<=", 5),
     "worker_rss_growth_kib_per_assessment_beyond_cache": ("<=", 5.0),
+    "accounts_rss_ratio": ("<=", 1.25),
+    "accounts_idle_cpu_pct": ("<", 2.0),
+    "neighbour_p95_s": ("<=", 3.0),
+    "neighbours_bulk_vs_rate_limit_ratio": ("<=", 1.15),
+    "neighbours_lever_429s": ("==", 0),
 }
 
 
@@ -115,6 +134,10 @@ def _flat(results: dict[str, Any]) -> dict[str, Any]:
         out["apply_results_seconds"] = w["apply_seconds"]
         out["apply_results_per_second"] = w["apply_per_second"]
         out["apply_results_429s"] = w["apply_rate_limited_429"]
+    if results.get("accounts"):
+        out.update(accounts.flat(results["accounts"]))
+    if results.get("neighbours"):
+        out.update(neighbours.flat(results["neighbours"]))
     return out
 
 
@@ -217,6 +240,10 @@ def _table(results: dict[str, Any]) -> str:
             f"({w['apply_per_second']}/s, {w['worker_cpu_ms_per_result']} ms worker CPU each; "
             f"429s {w['apply_rate_limited_429']})"
         )
+    if results.get("accounts"):
+        lines += ["", *accounts.table(results["accounts"])]
+    if results.get("neighbours"):
+        lines += ["", *neighbours.table(results["neighbours"])]
     return "\n".join(lines)
 
 

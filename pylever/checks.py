@@ -40,6 +40,7 @@ ALL_ACCOUNTS = "*"  # the account column of checks that concern every account (t
 # Outside activities the clients retry by themselves; a pre-flight check should not hang.
 CHECK_ATTEMPTS = 2
 CHECK_TIMEOUT = 10.0
+CHECK_CONCURRENCY = 8  # accounts checked at once
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,18 @@ async def run_checks(
 ) -> list[CheckResult]:
     """Every check, the Py key first, then each account in config order.
 
-    Clients not given are built from the configuration (and closed again).
+    Clients not given are built from the configuration (and closed again), a few
+    accounts at a time: a thousand accounts never hold a thousand clients at once.
     """
-    async with _clients(config, lever_clients, py_client) as (levers, py):
+    async with _py(config, py_client) as py:
         py_tests, py_results = await _check_py(py)
-        per_account = await asyncio.gather(
-            *(_check_account(account, levers[account.id], py_tests) for account in config.accounts)
-        )
+        gate = asyncio.Semaphore(CHECK_CONCURRENCY)
+
+        async def check(account: Account) -> list[CheckResult]:
+            async with gate, _lever(account, lever_clients) as lever:
+                return await _check_account(account, lever, py_tests)
+
+        per_account = await asyncio.gather(*(check(account) for account in config.accounts))
     return py_results + [result for results in per_account for result in results]
 
 
@@ -101,36 +107,39 @@ async def log_check_problems(
 
 
 @contextlib.asynccontextmanager
-async def _clients(
-    config: AppConfig,
-    lever_clients: Mapping[str, LeverClient] | None,
-    py_client: PyClient | None,
-) -> AsyncIterator[tuple[dict[str, LeverClient], PyClient]]:
-    owned: list[LeverClient | PyClient] = []
-    levers = dict(lever_clients or {})
+async def _lever(
+    account: Account, given: Mapping[str, LeverClient] | None
+) -> AsyncIterator[LeverClient]:
+    if given is not None and account.id in given:
+        yield given[account.id]
+        return
+    lever = LeverClient(
+        account.lever_api_url,
+        account.lever_api_key.get_secret_value(),
+        max_attempts=CHECK_ATTEMPTS,
+        timeout=CHECK_TIMEOUT,
+    )
     try:
-        for account in config.accounts:
-            if account.id not in levers:
-                levers[account.id] = LeverClient(
-                    account.lever_api_url,
-                    account.lever_api_key.get_secret_value(),
-                    max_attempts=CHECK_ATTEMPTS,
-                    timeout=CHECK_TIMEOUT,
-                )
-                owned.append(levers[account.id])
-        py = py_client
-        if py is None:
-            py = PyClient(
-                config.py.api_url,
-                config.py.api_key.get_secret_value(),
-                max_attempts=CHECK_ATTEMPTS,
-                timeout=CHECK_TIMEOUT,
-            )
-            owned.append(py)
-        yield levers, py
+        yield lever
     finally:
-        for client in owned:
-            await client.aclose()
+        await lever.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _py(config: AppConfig, given: PyClient | None) -> AsyncIterator[PyClient]:
+    if given is not None:
+        yield given
+        return
+    py = PyClient(
+        config.py.api_url,
+        config.py.api_key.get_secret_value(),
+        max_attempts=CHECK_ATTEMPTS,
+        timeout=CHECK_TIMEOUT,
+    )
+    try:
+        yield py
+    finally:
+        await py.aclose()
 
 
 def _problem(exc: Exception, service: str) -> str:

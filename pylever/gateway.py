@@ -23,6 +23,7 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.common import (
+    Priority,
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
@@ -35,6 +36,11 @@ from pylever import search_attributes as sa
 from pylever.models import RERUNNABLE, AssessmentInput, PyEvent, Status, Withdrawal, WithdrawInput
 from workflows import decisions
 from workflows.assessment import AssessmentWorkflow, InvitationWorkflow
+from workflows.remove_account import (
+    RemoveAccountInput,
+    RemoveAccountWorkflow,
+    remove_account_workflow_id,
+)
 from workflows.withdraw import WithdrawCandidateWorkflow
 
 RPC_TIMEOUT = timedelta(seconds=5)
@@ -77,6 +83,13 @@ def _unavailable(exc: BaseException) -> bool:
         return exc.status in _NOT_NOW
     # A lazy client that cannot connect raises RuntimeError from the core bridge.
     return isinstance(exc, RuntimeError | ConnectionError | TimeoutError)
+
+
+def account_priority(account_id: str) -> Priority:
+    """Every execution of an account shares its fairness key: the server serves the
+    accounts' workflow tasks (and the activities, which inherit it) in turn, so one
+    account's bulk move does not queue another account's candidates behind it."""
+    return Priority(fairness_key=account_id)
 
 
 class Gateway:
@@ -152,6 +165,7 @@ class Gateway:
                 ]
             ),
             static_summary=f"opportunity {input.opportunity_id} · stage {input.settings.stage}",
+            priority=account_priority(input.account_id),
             rpc_timeout=RPC_TIMEOUT,
         )
         response = getattr(handle, "_start_workflow_response", None)
@@ -207,6 +221,28 @@ class Gateway:
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 static_summary=f"opportunity {opportunity_id} · {reason} in Lever",
+                priority=account_priority(account_id),
+                rpc_timeout=RPC_TIMEOUT,
+            )
+        except Exception as exc:
+            raise self._translate(exc) from None
+        return workflow_id
+
+    # --- accounts leaving -------------------------------------------------------------
+
+    async def remove_account(self, account_id: str) -> str:
+        """Start withdrawing the running assessments of an account removed from the
+        configuration (``RemoveAccountWorkflow``); once however many workers ask at once."""
+        workflow_id = remove_account_workflow_id(account_id)
+        try:
+            await self.client.start_workflow(
+                RemoveAccountWorkflow.run,
+                RemoveAccountInput(account_id=account_id),
+                id=workflow_id,
+                task_queue=self.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                static_summary=f"account {account_id} removed from the configuration",
                 rpc_timeout=RPC_TIMEOUT,
             )
         except Exception as exc:

@@ -64,6 +64,19 @@ LEVER_KEY_REFUSED = Gauge(
     ["account"],
 )
 
+CONFIG_RELOADS = Counter(
+    "pylever_config_reloads",
+    "Configuration reloads (SIGHUP) by process (api, worker) and result: ok, or failed (the "
+    "file did not validate, or applying it failed; the configuration in force is kept).",
+    ["process", "result"],
+)
+
+CONFIG_LOADED = Gauge(
+    "pylever_config_loaded_timestamp_seconds",
+    "When the process last loaded its configuration file successfully (start or reload).",
+    ["process"],
+)
+
 ASSESSMENTS = Gauge(
     "pylever_assessments",
     "Invitation workflows Temporal holds, by PyStatus (counted from visibility at most once "

@@ -150,9 +150,10 @@ class PyEvent(_Record):
 
 
 class Withdrawal(_Record):
-    """The candidate left the process in Lever: archived, or deleted."""
+    """The candidate left the process in Lever (archived, deleted), or the customer left
+    py-lever (``account_removed``: its account was removed from the configuration)."""
 
-    reason: Literal["archived", "deleted"]
+    reason: Literal["archived", "deleted", "account_removed"]
 
 
 class InvitationResult(_Record):

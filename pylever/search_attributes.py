@@ -33,3 +33,7 @@ def candidate_query(account_id: str, opportunity_id: str) -> str:
         f"{LEVER_ACCOUNT.name} = {quote(account_id)} AND "
         f"{LEVER_OPPORTUNITY_ID.name} = {quote(opportunity_id)}"
     )
+
+
+def account_query(account_id: str) -> str:
+    return f"{LEVER_ACCOUNT.name} = {quote(account_id)}"

@@ -141,6 +141,8 @@ def main() -> int:
                 # splits a queue's rate limit between partitions (the Lever queue sags).
                 "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
                 "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
+                # Each account's tasks served in turn (task-queue fairness), as in production.
+                "--dynamic-config-value", "matching.enableFairness=true",
                 "--ui-codec-endpoint", f"http://127.0.0.1:{api_port}/codec",
                 "--log-level", "warn",
             ],

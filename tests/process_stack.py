@@ -219,6 +219,12 @@ def _toml_table(header: str, values: Mapping[str, Any]) -> list[str]:
     return lines + [""]
 
 
+# Task-queue fairness as deploy/dynamicconfig turns it on: each account's tasks are
+# dispatched in turn (without it the server still limits each key's rate, but serves
+# the tasks first come, first served, so one account's bulk queues the others).
+FAIRNESS_ARGS = ["--dynamic-config-value", "matching.enableFairness=true"]
+
+
 def partition_args(partitions: int | None) -> list[str]:
     """``start-dev`` arguments that give every task queue ``partitions`` partitions."""
     if partitions is None:
@@ -260,7 +266,7 @@ class ProcessStack:
             log_path=self.workdir / "temporal.log",
             # None up front: the workers register them at start, as in production.
             search_attributes=(),
-            extra_args=partition_args(base.task_queue_partitions),
+            extra_args=[*partition_args(base.task_queue_partitions), *FAIRNESS_ARGS],
         )
         self.config_path = self.workdir / "pylever.toml"
         self.config_path.write_text(self._config_toml())
@@ -487,8 +493,8 @@ class ProcessStack:
 
     @property
     def lever_task_queue(self) -> str:
-        """The account's rate-limited task queue of Lever activities."""
-        return lever_task_queue(self.options.task_queue, ACCOUNT)
+        """The shared task queue of Lever activities (each account rate-limited on it)."""
+        return lever_task_queue(self.options.task_queue)
 
     async def poller_identities(self, task_queue: str, *, activities: bool = True) -> set[str]:
         """Identities of the workers that polled ``task_queue`` lately (activity or workflow)."""

@@ -24,6 +24,7 @@ from workflows.decisions import (
     choose_tests,
     invitation_workflow_id,
     is_invitation_reference,
+    legacy_lever_task_queue,
     lever_task_queue,
     move_target,
     names_to_look_up,
@@ -350,9 +351,11 @@ def test_reference_rejects_trailing_newline():
     assert not is_invitation_reference("assessment:acme:opp:stage:test\n")
 
 
-def test_lever_task_queue():
-    assert lever_task_queue("py-lever", "acme") == "py-lever-lever-acme"
-    assert lever_task_queue("q", "acme") != lever_task_queue("q", "globex")
+def test_lever_task_queue_is_shared_and_the_old_one_per_account():
+    assert lever_task_queue("py-lever") == "py-lever-lever"
+    # Where Lever calls ran before: still polled while old executions remain.
+    assert legacy_lever_task_queue("py-lever", "acme") == "py-lever-lever-acme"
+    assert legacy_lever_task_queue("q", "acme") != legacy_lever_task_queue("q", "globex")
 
 
 # --- outcome ------------------------------------------------------------------------

@@ -142,7 +142,7 @@ async def test_warning_at_most_once_a_minute_per_account(
     [first] = warnings(caplog)
     assert first.getMessage() == (
         f"Lever refuses account '{world.acme}''s API key (401): put a valid key in "
-        "lever_api_key and restart the worker; Lever writes are retried until it works"
+        "lever_api_key and reload (SIGHUP) the worker; Lever writes are retried until it works"
     )
     assert first.account == world.acme and first.status == 401  # type: ignore[attr-defined]
 

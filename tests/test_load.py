@@ -85,7 +85,7 @@ async def test_300_candidates_two_workers_zero_429s_near_levers_rate(tmp_path: P
         # Close to Lever's limit: within 25% of the calls made at 10/s.
         assert elapsed <= SLACK * ideal, result
 
-        # Both workers served the account's Lever queue.
+        # Both workers served the shared Lever queue; the server's per-account limit held.
         assert len(await stack.poller_identities(stack.lever_task_queue)) == 2
         assert stack.running_workers == [0, 1]
         # Exactly one invitation and one Invited tag per candidate.

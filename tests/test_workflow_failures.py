@@ -80,7 +80,7 @@ async def run(client: Client, world: FakeWorld) -> AssessmentResult:
             activities=[world.find_tests, world.create_invitation],
         ),
         Worker(
-            client, task_queue=lever_task_queue(QUEUE, "acme"),
+            client, task_queue=lever_task_queue(QUEUE),
             activities=[world.read_candidate, world.add_tags],
         ),
     ):

@@ -413,7 +413,7 @@ class InvitationWorkflow(InvitationV1):
     async def _apply_outcome(self) -> None:
         """Write the outcome exactly once, after the cosmetic tags queued before it."""
         if self._cosmetic is not None:
-            await self._cosmetic
+            await self._after_cosmetic(self._cosmetic)
         final = self._final
         if self._halt == PY_CONTRACT and (final is None or final.status != "completed"):
             await self._clear_in_progress()
@@ -431,6 +431,16 @@ class InvitationWorkflow(InvitationV1):
             await self._clear_in_progress()
             self._set_status(Status.CANCELLED)
 
+    async def _after_cosmetic(self, cosmetic: asyncio.Task[None]) -> None:
+        """Wait for the queued cosmetic tags; an account removal gives them up instead
+        (its Lever key may be revoked, its Lever queue unserved)."""
+        withdrawal = self._withdrawal
+        if withdrawal is None or not decisions.withdrawal_stops_lever_calls(withdrawal.reason):
+            await cosmetic
+            return
+        cosmetic.cancel()
+        await workflow.wait([cosmetic])
+
     async def _apply_result(self, final: InvitationRecord) -> None:
         """The verdict tag, the report link and the stage move (records from Py are validated
         where they enter, ``activities.py``; a bad one never gets here)."""
@@ -439,7 +449,8 @@ class InvitationWorkflow(InvitationV1):
         verdict = decisions.verdict_for(score, settings.pass_threshold, settings.fail_threshold)
         self._verdict, self._score = verdict, final.score
         if self._halt == LEVER_GONE or (
-            self._withdrawal is not None and self._withdrawal.reason == "deleted"
+            self._withdrawal is not None
+            and not decisions.withdrawal_writes_lever(self._withdrawal.reason)
         ):
             self._set_status(Status.COMPLETED)  # nothing to write to a candidate who is gone
             return
@@ -631,6 +642,8 @@ class AssessmentWorkflow(AssessmentV1):
         except ActivityError as exc:
             if is_cancelled_exception(exc):
                 raise
+            if (removed := self._account_removed()) is not None:
+                return removed
             # Gone from Lever (404), or Lever still failing after a day: nothing is sent.
             return self._end(Status.ERROR, f"cannot read the opportunity: {_error_message(exc)}")
         if not candidate.entered_stage:
@@ -638,7 +651,9 @@ class AssessmentWorkflow(AssessmentV1):
         if candidate.archived:
             return self._end(Status.NOT_SENT, "the opportunity is archived")
         if self._withdrawal is not None:
-            return self._end(Status.CANCELLED, f"candidate {self._withdrawal.reason}")
+            return self._end(
+                Status.CANCELLED, decisions.withdrawal_reason_text(self._withdrawal.reason)
+            )
 
         settings = input.settings
         names = decisions.names_to_look_up(candidate.tags, settings.default_test)
@@ -651,7 +666,11 @@ class AssessmentWorkflow(AssessmentV1):
         except ActivityError as exc:
             if is_cancelled_exception(exc):
                 raise
+            if (removed := self._account_removed()) is not None:
+                return removed
             return self._end(Status.ERROR, f"cannot list Py's tests: {_error_message(exc)}")
+        if (removed := self._account_removed()) is not None:
+            return removed  # nothing more goes to Lever (no "No Test" / "No Email" tag)
         choice = decisions.choose_tests(candidate.tags, py_tests, settings.default_test)
         if not choice.tests:
             return await self._end_tagged(
@@ -662,7 +681,9 @@ class AssessmentWorkflow(AssessmentV1):
                 lever, decisions.TAG_NO_EMAIL, Status.ERROR, "the candidate has no email address"
             )
         if self._withdrawal is not None:
-            return self._end(Status.CANCELLED, f"candidate {self._withdrawal.reason}")
+            return self._end(
+                Status.CANCELLED, decisions.withdrawal_reason_text(self._withdrawal.reason)
+            )
 
         stale = decisions.stale_tags(candidate.tags)
         if stale:
@@ -700,13 +721,25 @@ class AssessmentWorkflow(AssessmentV1):
             if busy:
                 return self._end(Status.ERROR, busy[0].error, tuple(busy))
             assert self._withdrawal is not None
-            return self._end(Status.CANCELLED, f"candidate {self._withdrawal.reason}")
+            return self._end(
+                Status.CANCELLED, decisions.withdrawal_reason_text(self._withdrawal.reason)
+            )
         self._set_status(Status.INVITED)
         results = [*await self._child_results(), *busy]
-        reason = None
+        reason = decisions.reason_after_withdrawn_children(
+            self._withdrawal.reason if self._withdrawal is not None else None
+        )
         if len(choice.tests) > 1 and self._withdrawal is None:
             reason = await self._conclude_several(lever, results)
         return self._end(decisions.overall_status(results), reason, tuple(results))
+
+    def _account_removed(self) -> AssessmentResult | None:
+        """Ended ``cancelled`` when the account was removed from the configuration (a
+        withdrawal that writes nothing more to Lever); None otherwise."""
+        withdrawal = self._withdrawal
+        if withdrawal is None or not decisions.withdrawal_stops_lever_calls(withdrawal.reason):
+            return None
+        return self._end(Status.CANCELLED, decisions.withdrawal_reason_text(withdrawal.reason))
 
     async def _start_child(
         self,

@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import Priority, RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     import workflows.decisions as decisions
@@ -71,7 +71,11 @@ def durable_horizon(settings: TriggerSettings) -> timedelta:
 
 
 class LeverOps:
-    """Lever activities of one candidate, on the account's rate-limited task queue.
+    """Lever activities of one candidate, on the shared Lever task queue.
+
+    Each carries the account as its fairness key: the server gives every account
+    its own rate limit on that queue (``pylever.lever_limits``) and serves the
+    accounts fairly, so one account's backlog does not hold up another's.
 
     ``horizon`` None: setup calls (a day, ``SETUP_RETRY``). A timedelta: the
     durable calls of a live invitation (``DURABLE_RETRY`` for that long).
@@ -82,7 +86,8 @@ class LeverOps:
     ) -> None:
         self.account_id = account_id
         self.opportunity_id = opportunity_id
-        self.task_queue = decisions.lever_task_queue(workflow.info().task_queue, account_id)
+        self.task_queue = decisions.lever_task_queue(workflow.info().task_queue)
+        self.priority = Priority(fairness_key=account_id)
         self._horizon = horizon
 
     def durable(self, horizon: timedelta) -> LeverOps:
@@ -93,6 +98,7 @@ class LeverOps:
             method,
             arg,
             task_queue=self.task_queue,
+            priority=self.priority,
             start_to_close_timeout=START_TO_CLOSE,
             schedule_to_close_timeout=self._horizon or SETUP_HORIZON,
             retry_policy=SETUP_RETRY if self._horizon is None else DURABLE_RETRY,

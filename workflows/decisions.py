@@ -64,8 +64,17 @@ def is_invitation_reference(reference: str) -> bool:
     return len(reference) <= 400 and bool(_REFERENCE.fullmatch(reference))
 
 
-def lever_task_queue(base_queue: str, account_id: str) -> str:
-    """Lever activities of one account run on their own, rate-limited task queue."""
+def lever_task_queue(base_queue: str) -> str:
+    """Every account's Lever activities run on this one task queue, each keyed by its
+    account (``Priority(fairness_key=account)``): the server limits each key's rate."""
+    return f"{base_queue}-lever"
+
+
+def legacy_lever_task_queue(base_queue: str, account_id: str) -> str:
+    """Where Lever activities ran before the shared queue (one queue per account).
+
+    Activities scheduled there before a deployment moved to the shared queue stay
+    there, retries included; ``pylever.legacy_queues`` drains them."""
     return f"{base_queue}-lever-{account_id}"
 
 
@@ -173,10 +182,46 @@ def tags_on_expiry(*, last: bool = True) -> TagChange:
 
 
 def tags_on_withdrawal(reason: str) -> TagChange:
-    """Archived: clear the in-progress tags. Deleted: write nothing to the candidate."""
-    if reason == "deleted":
+    """Archived: clear the in-progress tags. Deleted, account removed: write nothing."""
+    if not withdrawal_writes_lever(reason):
         return TagChange()
     return TagChange(remove=IN_PROGRESS_TAGS)
+
+
+# --- withdrawal ----------------------------------------------------------------
+
+ACCOUNT_REMOVED = "account_removed"  # a ``Withdrawal.reason``: the account left the configuration
+ACCOUNT_REMOVED_TEXT = "account removed from configuration"
+# Withdrawals that write nothing to Lever: the candidate is gone (deleted), or the customer
+# left (its Lever key may already be revoked).
+_NO_LEVER_WRITES = frozenset({"deleted", ACCOUNT_REMOVED})
+
+
+def withdrawal_writes_lever(reason: str) -> bool:
+    """Whether a withdrawn invitation still writes to Lever (in-progress tags cleared, a
+    result Py already held applied): only for an archived candidate."""
+    return reason not in _NO_LEVER_WRITES
+
+
+def withdrawal_reason_text(reason: str) -> str:
+    """Why a withdrawn assessment ended: ``candidate archived``, ``candidate deleted``,
+    ``account removed from configuration``."""
+    if reason == ACCOUNT_REMOVED:
+        return ACCOUNT_REMOVED_TEXT
+    return f"candidate {reason}"
+
+
+def withdrawal_stops_lever_calls(reason: str) -> bool:
+    """Whether a withdrawal gives up the Lever calls in flight (a queued cosmetic tag, the
+    first read of the opportunity) instead of waiting for them: only an account removal,
+    whose Lever key may be revoked and whose Lever task queue may have no worker left."""
+    return reason == ACCOUNT_REMOVED
+
+
+def reason_after_withdrawn_children(reason: str | None) -> str | None:
+    """The reason an assessment gives when it ends after its withdrawn children: only an
+    account removal names itself (an archive or delete keeps ending without one)."""
+    return ACCOUNT_REMOVED_TEXT if reason == ACCOUNT_REMOVED else None
 
 
 # --- time ----------------------------------------------------------------------

@@ -1,0 +1,294 @@
+"""Many accounts on one fleet: the shared Lever queue's per-account limits, Lever
+clients made on first use, and the drain of the old per-account queues.
+
+The server-side parts run against a dev server of their own (one partition, as
+production's dynamic config sets it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.common import Priority
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+with workflow.unsafe.imports_passed_through():
+    import httpx
+    from pydantic import SecretStr
+
+    from activities.lever import LeverActivities, TagWrite
+    from pylever.config import Account
+    from pylever.legacy_queues import (
+        LegacyQueueDrain,
+        account_of,
+        cutover,
+        old_executions_query,
+    )
+    from pylever.lever_accounts import LeverAccounts
+    from pylever.lever_client import LeverClient
+    from pylever.lever_limits import (
+        DEFAULT_RPS,
+        LeverLimits,
+        apply_lever_limits,
+        lever_limits,
+        limit_change,
+    )
+    from sandbox.lever import LeverSandbox
+    from tests.process_stack import FAIRNESS_ARGS, partition_args
+    from tests.temporal_harness import start_dev_server
+    from workflows.decisions import legacy_lever_task_queue, lever_task_queue
+
+KEY = "tenancy-lever-key-41d2"
+
+
+def account(account_id: str, rps: float = DEFAULT_RPS, key: str = KEY) -> Account:
+    return Account.model_construct(
+        id=account_id,
+        lever_api_url="http://lever.sandbox/v1",
+        lever_api_key=SecretStr(key),
+        lever_requests_per_second=rps,
+    )
+
+
+@pytest.fixture(scope="module")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    environment = await start_dev_server(
+        extra_args=[*partition_args(1), *FAIRNESS_ARGS], data_converter=pydantic_data_converter
+    )
+    try:
+        yield environment
+    finally:
+        await environment.shutdown()
+
+
+def new_queue() -> str:
+    return f"tenancy-{uuid.uuid4().hex[:8]}"
+
+
+# --- limits: what the queue's configuration should be ----------------------------------
+
+
+def test_accounts_at_the_default_rate_need_no_weight():
+    limits = lever_limits([account("acme"), account("globex", 4.5), account("initech", 9.0)])
+    assert limits.default_rps == DEFAULT_RPS == 9.0
+    assert limits.weights == {"globex": 0.5}
+    assert limits.rate_of("globex") == 4.5
+    assert limits.rate_of("acme") == limits.rate_of("anyone-else") == 9.0
+
+
+def test_limit_change_tolerates_the_servers_32_bit_floats_and_unsets_stale_weights():
+    desired = LeverLimits(9.0, {"globex": 5 / 9, "initech": 1 / 3})
+    # As the server answers after an earlier apply: float32 values, one account gone.
+    change = limit_change(desired, 9.0, {"globex": 0.5555556, "acme": 0.5})
+    assert change.default_rps is None
+    assert change.set_weights == {"initech": 1 / 3}
+    assert change.unset_weights == ("acme",)
+    assert not limit_change(desired, 9.0, {"globex": 0.5555556, "initech": 0.33333334})
+    assert limit_change(desired, None, {}).default_rps == 9.0
+
+
+async def test_apply_sets_the_per_account_limits_once_and_follows_reloads(env):
+    queue = lever_task_queue(new_queue())
+    first = await apply_lever_limits(
+        env.client, queue, [account(f"a{i}", 5.0 if i % 2 else 9.0) for i in range(1000)]
+    )
+    assert first.default_rps == 9.0 and len(first.set_weights) == 500
+    again = await apply_lever_limits(
+        env.client, queue, [account(f"a{i}", 5.0 if i % 2 else 9.0) for i in range(1000)]
+    )
+    assert not again  # nothing to change: no update sent
+    # A reload: most accounts gone, one with a new rate of its own.
+    reloaded = await apply_lever_limits(env.client, queue, [account("a0"), account("a7", 3.0)])
+    assert reloaded.set_weights == {"a7": 3.0 / 9.0}
+    assert len(reloaded.unset_weights) == 499
+
+
+@activity.defn(name="lever.add_tags")
+async def timed_add_tags(req: TagWrite) -> float:
+    return time.monotonic()
+
+
+@workflow.defn(name="TenancyBurst")
+class BurstWorkflow:
+    @workflow.run
+    async def run(self, lever_queue: str, accounts: list[str], per_account: int) -> dict:
+        calls = [
+            workflow.execute_activity(
+                "lever.add_tags",
+                TagWrite(account_id=a, opportunity_id=f"o{i}", tags=("t",)),
+                task_queue=lever_queue,
+                priority=Priority(fairness_key=a),
+                start_to_close_timeout=timedelta(seconds=30),
+            )
+            for a in accounts
+            for i in range(per_account)
+        ]
+        times = await asyncio.gather(*calls)
+        by_account: dict[str, list[float]] = {a: [] for a in accounts}
+        for index, moment in enumerate(times):
+            by_account[accounts[index // per_account]].append(moment)
+        return by_account
+
+
+async def test_the_server_holds_each_account_to_its_own_rate_on_the_shared_queue(env):
+    """Two accounts share one queue and one worker: each is held to its own limit,
+    neither waits for the other's backlog (the fairness limits, measured)."""
+    base = new_queue()
+    lever_queue = lever_task_queue(base)
+    await apply_lever_limits(env.client, lever_queue, [account("busy", 3.0), account("calm")])
+    async with (
+        Worker(env.client, task_queue=base, workflows=[BurstWorkflow]),
+        Worker(env.client, task_queue=lever_queue, activities=[timed_add_tags]),
+    ):
+        result = await env.client.execute_workflow(
+            BurstWorkflow.run,
+            args=[lever_queue, ["busy", "calm"], 24],
+            id=f"burst-{uuid.uuid4().hex[:6]}",
+            task_queue=base,
+        )
+    busy, calm = sorted(result["busy"]), sorted(result["calm"])
+    # 24 calls at 3/s (a burst first): well over 3 s; at 9/s with a burst, about 1-2 s.
+    busy_span = busy[-1] - busy[0]
+    calm_span = calm[-1] - calm[0]
+    assert busy_span >= 3.5, (busy_span, calm_span)
+    assert calm_span < busy_span / 2, (busy_span, calm_span)
+
+
+# --- Lever clients made on first use --------------------------------------------------
+
+
+async def test_lever_clients_are_made_on_first_use_and_kept_until_their_settings_change():
+    made: list[str] = []
+
+    def factory(a: Account) -> LeverClient:
+        made.append(a.id)
+        return LeverClient(a.lever_api_url, a.lever_api_key.get_secret_value(), rate=0)
+
+    levers = LeverAccounts([account(f"a{i}") for i in range(1000)], factory, retire_after=0.01)
+    try:
+        assert len(levers) == 1000 and levers.clients_made == 0  # idle: no client at all
+        first = levers.get("a1")
+        assert first is not None and levers.get("a1") is first and made == ["a1"]
+        assert levers.get("nobody") is None
+        levers.get("a2")
+        # A reload: a1 keeps its settings, a2's key changes, a3 is removed, b1 is new.
+        levers.update([account("a1"), account("a2", key="rotated-key"), account("b1")])
+        assert levers.get("a1") is first
+        assert levers.get("a2") is not None and made[-1] == "a2"
+        assert levers.get("a3") is None and "b1" in levers
+        await asyncio.sleep(0.05)  # the retired a2 client is closed after its grace
+        assert levers.clients_made == 2
+    finally:
+        await levers.aclose()
+
+
+async def test_an_unknown_account_re_reads_the_configuration_before_failing():
+    lever = LeverSandbox(api_key=KEY, signature_token="t", burst=1000)
+    opp = lever.create_candidate(name="Ada", emails=["ada@example.com"])["id"]
+    known: dict[str, LeverClient] = {}
+    rereads: list[float] = []
+
+    async def reread() -> None:
+        rereads.append(time.monotonic())
+        known["newco"] = LeverClient(
+            "http://lever.sandbox/v1", KEY, transport=httpx.ASGITransport(app=lever.app),
+            max_attempts=1, rate=0,
+        )  # fmt: skip
+
+    activities = LeverActivities(known, on_unknown=reread)
+    try:
+        await activities.add_tags(TagWrite(account_id="newco", opportunity_id=opp, tags=("x",)))
+        assert len(rereads) == 1
+        assert "x" in lever.opportunities[opp]["tags"]
+        with pytest.raises(ApplicationError) as refused:
+            await activities.add_tags(TagWrite(account_id="gone", opportunity_id=opp, tags=("y",)))
+        assert refused.value.type == "UnknownAccount" and refused.value.non_retryable
+        assert len(rereads) == 2
+    finally:
+        for client in known.values():
+            await client.aclose()
+
+
+# --- the old per-account queues ------------------------------------------------------
+
+
+def test_old_executions_are_named_by_their_ids_and_start_times():
+    assert account_of("assessment:acme:opp-1:stage-2") == "acme"
+    assert account_of("assessment:acme:opp-1:stage-2:test") == "acme"
+    assert account_of("withdraw:globex:opp-9:archived") == "globex"
+    assert account_of("remove-account:acme") is None
+    query = old_executions_query("py-lever", datetime(2026, 11, 30, 12, 0, tzinfo=UTC))
+    assert query.startswith('TaskQueue = "py-lever" AND ')  # this deployment's only
+    assert "StartTime < '2026-11-30T13:00:00.000000Z'" in query  # an hour of rolling deploy
+    assert "ExecutionStatus = 'Running'" in query and "'InvitationWorkflow'" in query
+
+
+@workflow.defn(name="AssessmentWorkflow")
+class OldShapeAssessment:
+    """As the code before the shared queue: a Lever call on the account's own queue."""
+
+    @workflow.run
+    async def run(self, base_queue: str, account_id: str) -> str:
+        return await workflow.execute_activity(
+            "lever.add_tags",
+            TagWrite(account_id=account_id, opportunity_id="opp-old", tags=("Py - Invited",)),
+            task_queue=legacy_lever_task_queue(base_queue, account_id),
+            start_to_close_timeout=timedelta(seconds=10),
+        )
+
+
+@activity.defn(name="lever.add_tags")
+async def drained_add_tags(req: TagWrite) -> str:
+    return f"{activity.info().task_queue}:{req.account_id}"
+
+
+async def test_old_queue_work_is_drained_then_its_poller_stops(env):
+    client: Client = env.client
+    base = new_queue()
+    made: list[tuple[str, float]] = []
+
+    def make_worker(queue: str, rate: float) -> Worker:
+        made.append((queue, rate))
+        return Worker(client, task_queue=queue, activities=[drained_add_tags])
+
+    async with Worker(client, task_queue=base, workflows=[OldShapeAssessment]):
+        # Started "before the deploy": its Lever call waits on acme's own queue.
+        old = await client.start_workflow(
+            OldShapeAssessment.run, args=[base, "acme"],
+            id=f"assessment:acme:{uuid.uuid4().hex[:6]}:stage", task_queue=base,
+        )  # fmt: skip
+        await asyncio.sleep(1.5)  # visibility catches up
+        drain = LegacyQueueDrain(
+            client, base, make_worker, {"acme": 7.0}.get, check_every=1.0
+        )
+        finished = asyncio.create_task(drain.run())
+        assert await asyncio.wait_for(old.result(), 30) == f"{base}-lever-acme:acme"
+        await asyncio.wait_for(finished, 30)  # nothing old left: the drain ends
+    assert made == [(legacy_lever_task_queue(base, "acme"), 7.0)]
+    assert drain.draining == []
+    # The marker keeps the moment: a later worker start reads the same one.
+    first = await cutover(client, base)
+    await asyncio.sleep(1.1)
+    assert await cutover(client, base) == first
+
+
+async def test_a_deployment_without_old_executions_polls_no_old_queue(env):
+    made: list[str] = []
+
+    def make_worker(queue: str, rate: float) -> Worker:
+        made.append(queue)
+        raise AssertionError("no old queue should be polled")
+
+    drain = LegacyQueueDrain(env.client, new_queue(), make_worker, lambda _: 9.0)
+    await asyncio.wait_for(drain.run(), 30)
+    assert made == []

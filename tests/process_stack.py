@@ -50,6 +50,7 @@ from temporalio.client import Client
 from pylever.codec import codec_from_env, data_converter, generate_key
 from sandbox.lever import PY_ASSESSMENT_STAGE_ID
 from tests.temporal_harness import DevServerProcess, free_port
+from tests.toml_writer import toml_value
 from workflows.decisions import lever_task_queue
 
 __all__ = [
@@ -201,21 +202,9 @@ class StackOptions:
     worker_env: Mapping[str, str] = field(default_factory=dict)
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
-
-
 def _toml_table(header: str, values: Mapping[str, Any]) -> list[str]:
     lines = [header]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+    lines += [f"{k} = {toml_value(v)}" for k, v in values.items() if v is not None]
     return lines + [""]
 
 

@@ -544,7 +544,7 @@ async def recording_stack() -> AsyncIterator[Stack]:
     """The lifecycle tests' stack (time skipping per workflow, the API on the wall clock)
     whose worker keeps the executions of a deleted candidate."""
     real = worker.TemporalActivities
-    worker.TemporalActivities = KeepingExecutions  # type: ignore[misc]  # build_workers uses it
+    worker.TemporalActivities = KeepingExecutions  # type: ignore[misc]  # worker.Workers uses it
     try:
         async with running_stack(
             "py-lever-record", start_env=start_lifecycle_env, api_client=unstamped_client

@@ -7,7 +7,6 @@ field and the problem, and never shows a secret's value.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +28,7 @@ from pylever.config import (
     parse_duration,
     resolve_secret,
 )
+from tests.toml_writer import to_toml
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SPEC_EXAMPLE = FIXTURES / "spec_example.toml"
@@ -53,46 +53,6 @@ def spec_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ACME_LEVER_API_KEY", ACME_KEY)
     monkeypatch.setenv("ACME_LEVER_STAGE_TOKEN", ACME_STAGE_TOKEN)
     monkeypatch.setenv("ACME_LEVER_ARCHIVE_TOKEN", ACME_ARCHIVE_TOKEN)
-
-
-# --- a tiny TOML writer, so each test states its config as a dict ------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(value)
-
-
-def _is_table_array(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
-
-
-def _emit(table: dict[str, Any], path: str, out: list[str]) -> None:
-    for key, value in table.items():
-        if not isinstance(value, dict) and not _is_table_array(value):
-            out.append(f"{key} = {_toml_value(value)}")
-    for key, value in table.items():
-        full = f"{path}.{key}" if path else key
-        if isinstance(value, dict):
-            out.append(f"\n[{full}]")
-            _emit(value, full, out)
-        elif _is_table_array(value):
-            for item in value:
-                out.append(f"\n[[{full}]]")
-                _emit(item, full, out)
-
-
-def to_toml(data: dict[str, Any]) -> str:
-    out: list[str] = []
-    _emit(data, "", out)
-    return "\n".join(out) + "\n"
 
 
 def base_config() -> dict[str, Any]:

@@ -32,6 +32,7 @@ from pylever.settings import Settings
 from sandbox.lever import TECHNICAL_SCREEN_STAGE_ID
 from tests.integration_stack import ADMIN_TOKEN, PAYLOAD_KEY, SECRETS, Stack
 from tests.pipeline_support import assert_error, signed
+from tests.toml_writer import to_toml
 
 # --- writing configuration files ------------------------------------------------------------
 
@@ -52,33 +53,6 @@ def _plain(value: Any) -> Any:
 
 def config_data(config: AppConfig) -> dict[str, Any]:
     return _plain(config.model_dump())
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(type(value))
-
-
-def to_toml(data: Mapping[str, Any], prefix: str = "") -> str:
-    """Tables and arrays of tables (``[[accounts]]``, ``[[accounts.triggers]]``)."""
-    lines: list[str] = []
-    nested: list[str] = []
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            nested.append(f"[{name}]\n{to_toml(value, name + '.')}")
-        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
-            nested += [f"[[{name}]]\n{to_toml(v, name + '.')}" for v in value]
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join([*lines, *nested]) + "\n"
 
 
 def write_config(path: Path, data: Mapping[str, Any]) -> None:

@@ -47,6 +47,7 @@ from tests.process_stack import (
     ProcessStack,
 )
 from tests.temporal_harness import free_port
+from tests.toml_writer import toml_value
 from workflows.decisions import (
     TAG_INVITED,
     TAG_NEEDS_REVIEW,
@@ -67,20 +68,8 @@ PYTHON_BASICS, SQL, ALGORITHMS = "tst_python_basics", "tst_sql", "tst_algorithms
 # --- the config file ---------------------------------------------------------------------
 
 
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string for these ASCII values
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
-
-
 def _table(header: str, values: Mapping[str, Any]) -> list[str]:
-    return [header, *(f"{k} = {_value(v)}" for k, v in values.items() if v is not None), ""]
+    return [header, *(f"{k} = {toml_value(v)}" for k, v in values.items() if v is not None), ""]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import re
 import signal
 import sys
@@ -60,7 +61,9 @@ MAX_BODY_BYTES = 1024 * 1024
 _LEVER_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # used with fullmatch
 _STATUS_ENDPOINT = "GET /accounts/{account_id}/candidates/{opportunity_id}"  # a metrics label
 _METRICS_ENDPOINT = "GET /metrics"
-LEVER_GRACE = 30.0  # seconds a Lever client replaced by a reload stays open for requests using it
+# Seconds a Lever client replaced by a reload stays open for requests using it: longer than
+# one API request to Lever can take (LeverClient: 5 attempts x 10 s timeout, plus backoff).
+LEVER_GRACE = 120.0
 
 
 # --- errors ----------------------------------------------------------------------
@@ -571,13 +574,16 @@ def create_app(
     body_timeout: float = BODY_TIMEOUT,
     reload_on_sighup: bool = False,
     lever_grace: float = LEVER_GRACE,
+    loaded_mtime: int | None = None,
 ) -> Starlette:
     """The ASGI app. Without ``client`` it connects (lazily) to Temporal at start-up.
 
     ``body_timeout``: seconds a request body may take to arrive (``pylever.http_limits``).
     With ``settings.config_path`` the lifespan keeps a ``ConfigReloader`` of that file in
     ``app.state.reloader``; ``reload_on_sighup`` also reloads it on ``SIGHUP``.
-    ``lever_grace``: seconds a Lever client replaced by a reload stays open."""
+    ``lever_grace``: seconds a Lever client replaced by a reload stays open.
+    ``loaded_mtime``: the file's ``st_mtime_ns`` when ``config`` was read (default: now); a
+    file changed since then is reloaded once the SIGHUP handler is in place."""
     if settings.metrics_require_admin and not settings.admin_token:
         raise ValueError("PYLEVER_METRICS_REQUIRE_ADMIN needs PYLEVER_ADMIN_TOKEN")
     if reload_on_sighup and not settings.config_path:
@@ -590,6 +596,8 @@ def create_app(
         for a in config.accounts
     })
     matchers = {a.id: TriggerMatcher(a, levers[a.id]) for a in config.accounts}
+    if loaded_mtime is None:
+        loaded_mtime = config_mtime(settings.config_path)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -605,6 +613,8 @@ def create_app(
             reloader = ConfigReloader(settings.config_path, "api", config, service.apply_config)
             if reload_on_sighup:
                 reloader.install()
+                if config_mtime(settings.config_path) != loaded_mtime:
+                    await reloader.reload()  # changed during start-up: that SIGHUP was ignored
         app.state.reloader = reloader
         log_event(log, "api started", accounts=[a.id for a in config.accounts])
         if "pylever.http_server" not in sys.modules:  # uvicorn imports --http before the app
@@ -647,14 +657,24 @@ def app_from_env() -> Starlette:
     configure_logging()
     ignore_sighup()  # until the lifespan installs the reload (SIGHUP's default kills)
     settings = Settings.from_env()
+    loaded_mtime = config_mtime(settings.config_path)  # before reading: a later change reloads
     config = load_config_or_exit(settings.config_path, "api")
     try:
         return create_app(
-            config, settings, body_timeout=body_timeout_from_env(), reload_on_sighup=True
-        )
+            config, settings, body_timeout=body_timeout_from_env(), reload_on_sighup=True,
+            loaded_mtime=loaded_mtime,
+        )  # fmt: skip
     except ValueError as exc:  # PYLEVER_PAYLOAD_KEYS, PYLEVER_BODY_TIMEOUT, ..._REQUIRE_ADMIN
         print(f"py-lever api: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def config_mtime(path: str | None) -> int | None:
+    """The configuration file's ``st_mtime_ns`` (None: no file)."""
+    try:
+        return os.stat(path).st_mtime_ns if path else None
+    except OSError:
+        return None
 
 
 def ignore_sighup() -> None:

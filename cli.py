@@ -208,7 +208,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # --- cancel --------------------------------------------------------------------------
 
 
-class _CancelError(Exception):
+class _CommandError(Exception):
     """A problem that ends ``cancel`` with the exit code it carries."""
 
     def __init__(self, message: str, code: int) -> None:
@@ -236,7 +236,7 @@ async def _cancel_stage_ids(account: Any, stage: str | None, err: TextIO) -> lis
                     file=err,
                 )
             if not ids:
-                raise _CancelError(
+                raise _CommandError(
                     f"cannot resolve the trigger stages of account {account.id!r} through "
                     "Lever's GET /stages; name one with --stage STAGE_ID",
                     EXIT_PROBLEM,
@@ -245,7 +245,7 @@ async def _cancel_stage_ids(account: Any, stage: str | None, err: TextIO) -> lis
         if stage not in configured:
             if _looks_like_id(stage):
                 return [stage]  # any stage id: an assessment of a former trigger stage too
-            raise _CancelError(
+            raise _CommandError(
                 f"{stage!r} is neither a stage id nor a trigger stage of account {account.id!r} "
                 f"(configured: {', '.join(repr(s) for s in configured)})",
                 EXIT_USAGE,
@@ -255,7 +255,7 @@ async def _cancel_stage_ids(account: Any, stage: str | None, err: TextIO) -> lis
         except UnknownStageError:
             if _looks_like_id(stage):
                 return [stage]
-            raise _CancelError(
+            raise _CommandError(
                 f"trigger stage {stage!r} of account {account.id!r} is not listed by Lever's "
                 "GET /stages",
                 EXIT_PROBLEM,
@@ -263,17 +263,40 @@ async def _cancel_stage_ids(account: Any, stage: str | None, err: TextIO) -> lis
         except ApiError as exc:
             if _looks_like_id(stage):
                 return [stage]
-            raise _CancelError(
+            raise _CommandError(
                 f"cannot resolve stage {stage!r} through Lever: {exc.summary}", EXIT_PROBLEM
             ) from None
 
 
+async def _temporal(settings: Any) -> Any:
+    """A Temporal client with the payload codec (``PYLEVER_PAYLOAD_KEYS``), or _CommandError."""
+    from temporalio.client import Client
+
+    from pylever.codec import PayloadKeyError, codec_from_env, data_converter
+
+    try:
+        codec = codec_from_env({"PYLEVER_PAYLOAD_KEYS": settings.payload_keys}) \
+            if settings.payload_keys else None
+    except (PayloadKeyError, ValueError) as exc:
+        raise _CommandError(f"configuration error: {exc}", EXIT_USAGE) from None
+    try:
+        return await Client.connect(
+            settings.temporal_address,
+            namespace=settings.temporal_namespace,
+            data_converter=data_converter(codec),
+        )
+    except Exception as exc:
+        raise _CommandError(
+            f"cannot reach Temporal at {settings.temporal_address}: {type(exc).__name__}",
+            EXIT_PROBLEM,
+        ) from None
+
+
 async def _cancel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from temporalio.client import Client, WorkflowExecutionStatus
+    from temporalio.client import WorkflowExecutionStatus
     from temporalio.service import RPCError, RPCStatusCode
 
     from pylever import search_attributes as sa
-    from pylever.codec import PayloadKeyError, codec_from_env, data_converter
     from pylever.config import ConfigError, load_config_from_env
     from pylever.settings import Settings
     from workflows.decisions import assessment_workflow_id
@@ -281,29 +304,14 @@ async def _cancel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         config = load_config_from_env()
     except ConfigError as exc:
-        raise _CancelError(f"configuration error: {exc}", EXIT_USAGE) from None
+        raise _CommandError(f"configuration error: {exc}", EXIT_USAGE) from None
     account = config.account(args.account)
     if account is None:
         known = ", ".join(a.id for a in config.accounts)
-        raise _CancelError(f"unknown account {args.account!r} (configured: {known})", EXIT_USAGE)
+        raise _CommandError(f"unknown account {args.account!r} (configured: {known})", EXIT_USAGE)
     settings = Settings.from_env()
-    try:
-        codec = codec_from_env({"PYLEVER_PAYLOAD_KEYS": settings.payload_keys}) \
-            if settings.payload_keys else None
-    except (PayloadKeyError, ValueError) as exc:
-        raise _CancelError(f"configuration error: {exc}", EXIT_USAGE) from None
     stage_ids = await _cancel_stage_ids(account, args.stage, err)
-    try:
-        client = await Client.connect(
-            settings.temporal_address,
-            namespace=settings.temporal_namespace,
-            data_converter=data_converter(codec),
-        )
-    except Exception as exc:
-        raise _CancelError(
-            f"cannot reach Temporal at {settings.temporal_address}: {type(exc).__name__}",
-            EXIT_PROBLEM,
-        ) from None
+    client = await _temporal(settings)
 
     cancelled: list[Any] = []
     for stage_id in stage_ids:
@@ -315,7 +323,7 @@ async def _cancel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 print(f"not found {workflow_id}", file=out)
                 continue
-            raise _CancelError(f"Temporal refused: {exc.message}", EXIT_PROBLEM) from None
+            raise _CommandError(f"Temporal refused: {exc.message}", EXIT_PROBLEM) from None
         if description.status != WorkflowExecutionStatus.RUNNING:
             state = description.status.name.lower() if description.status else "closed"
             py_status = description.typed_search_attributes.get(sa.PY_STATUS)
@@ -328,7 +336,7 @@ async def _cancel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             if exc.status == RPCStatusCode.NOT_FOUND:  # it closed between describe and cancel
                 print(f"not running {workflow_id} (closed just now)", file=out)
                 continue
-            raise _CancelError(f"Temporal refused: {exc.message}", EXIT_PROBLEM) from None
+            raise _CommandError(f"Temporal refused: {exc.message}", EXIT_PROBLEM) from None
         print(f"cancelled {workflow_id}", file=out)
         cancelled.append(run)
     if not cancelled:
@@ -367,8 +375,50 @@ async def _report_closed(handles: Sequence[Any], within: float, out: TextIO) -> 
 def cmd_cancel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         return asyncio.run(_cancel(args, out, err))
-    except _CancelError as exc:
+    except _CommandError as exc:
         print(f"py-lever cancel: {exc}", file=err)
+        return exc.code
+
+
+async def _remove_account(args: argparse.Namespace, out: TextIO) -> int:
+    from pylever.config import ConfigError, load_config_from_env
+    from pylever.gateway import Gateway
+    from pylever.settings import Settings
+    from pylever.unconfigured import unconfigured_accounts
+
+    try:
+        config = load_config_from_env()
+    except ConfigError as exc:
+        raise _CommandError(f"configuration error: {exc}", EXIT_USAGE) from None
+    if config.account(args.account) is not None:
+        raise _CommandError(
+            f"account {args.account!r} is still in the configuration: remove it from the file "
+            "and send SIGHUP to the api and the workers (docs/operations.md)",
+            EXIT_USAGE,
+        )
+    settings = Settings.from_env()
+    client = await _temporal(settings)
+    running = await unconfigured_accounts(
+        client, settings.task_queue, (a.id for a in config.accounts)
+    )
+    count = running.get(args.account, 0)
+    if not args.yes:
+        print(
+            f"{count} running assessments of account {args.account!r} would be withdrawn "
+            "(invitations cancelled at Py, nothing written to Lever); run again with --yes",
+            file=out,
+        )
+        return EXIT_OK
+    workflow_id = await Gateway(client, settings.task_queue).remove_account(args.account)
+    print(f"withdrawing {count} running assessments: workflow {workflow_id}", file=out)
+    return EXIT_OK
+
+
+def cmd_remove_account(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        return asyncio.run(_remove_account(args, out))
+    except _CommandError as exc:
+        print(f"py-lever remove-account: {exc}", file=err)
         return exc.code
 
 
@@ -414,6 +464,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="wait this long for the cancelled assessments to close (default 30; 0: do not wait)",
     )  # fmt: skip
     cancel.set_defaults(handler=cmd_cancel)
+    remove = commands.add_parser(
+        "remove-account",
+        help="withdraw the running assessments of an account no longer in the configuration",
+        description="For an account dropped from the file while the workers were down (a "
+        "reload withdraws them by itself): cancels each running assessment's invitation at "
+        "Py, writes nothing to Lever, ends them cancelled ('account removed from "
+        "configuration'). Without --yes, only says how many would be withdrawn.",
+    )
+    remove.add_argument("account", metavar="ACCOUNT", help="the removed account's id")
+    remove.add_argument("--yes", action="store_true", help="withdraw them")
+    remove.set_defaults(handler=cmd_remove_account)
     return parser
 
 

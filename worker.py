@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -44,7 +45,7 @@ from activities.temporal_ops import TemporalActivities
 from pylever import search_attributes as sa
 from pylever.checks import log_check_problems
 from pylever.codec import codec_from_env, data_converter
-from pylever.config import AppConfig, load_config_or_exit
+from pylever.config import Account, AppConfig, ConfigError, load_config, load_config_or_exit
 from pylever.gateway import Gateway
 from pylever.legacy_queues import LegacyQueueDrain
 from pylever.lever_accounts import LeverAccounts, activity_client
@@ -53,6 +54,7 @@ from pylever.logs import configure_logging, log_event
 from pylever.py_client import PyClient
 from pylever.reload import AccountChanges, ConfigReloader
 from pylever.settings import Settings
+from pylever.unconfigured import warn_about_unconfigured
 from pylever.worker_metrics import serve_worker_metrics
 from workflows.assessment import AssessmentWorkflow, InvitationWorkflow
 from workflows.decisions import lever_task_queue
@@ -94,8 +96,7 @@ async def external_clients(
 ) -> AsyncIterator[tuple[LeverAccounts, PyClient]]:
     """Clients for activities: one attempt each, Temporal retries. Lever clients are
     made per account on first use."""
-    rate = 10.0 if lever_rps is None else lever_rps
-    levers = LeverAccounts(config.accounts, lambda a: activity_client(a, rate=rate))
+    levers = LeverAccounts(config.accounts, lambda a: activity_client(a, rate=lever_rps))
     py = _py_client(config)
     try:
         yield levers, py
@@ -141,9 +142,12 @@ class Workers:
         py: PyClient,
         *,
         on_unknown_account: Callable[[], Awaitable[object]] | None = None,
+        removed_account: Callable[[str], bool] | None = None,
         **worker_options: Any,
     ) -> None:
-        self.lever = LeverActivities(levers, on_unknown=on_unknown_account)
+        self.lever = LeverActivities(
+            levers, on_unknown=on_unknown_account, removed=removed_account
+        )
         self.py = PyActivities(py, config.callback_url)
         temporal = TemporalActivities(client)
         self.options: dict[str, Any] = {"graceful_shutdown_timeout": GRACEFUL_SHUTDOWN,
@@ -203,47 +207,116 @@ def _runtime() -> Runtime | None:
 
 
 UNKNOWN_ACCOUNT_REREAD = 10.0  # seconds: an unknown account re-reads the file at most this often
+REMOVED_ACCOUNT_GRACE = 300.0  # seconds a removed account's Lever calls still run (see apply)
+PY_CLIENT_GRACE = 60.0  # seconds a replaced Py client stays open for the calls using it
 
 
 class WorkerProcess:
     """What ``main`` runs: the workers, and what a reload changes."""
 
-    def __init__(self, client: Client, settings: Settings, config: AppConfig) -> None:
+    def __init__(
+        self, client: Client, settings: Settings, config: AppConfig, loaded_mtime: float | None
+    ) -> None:
         self.client = client
+        self._loaded_mtime = loaded_mtime  # of the file ``config`` was read from
         self.settings = settings
         self.lever_queue = lever_task_queue(settings.task_queue)
         self.levers = LeverAccounts(config.accounts)
         self.reloader = ConfigReloader(settings.config_path or "", "worker", config, self.apply)
         self._reread_lock = asyncio.Lock()
         self._reread_at = float("-inf")
+        self._leaving: dict[str, Account] = {}  # removed accounts within their grace
+        self._deferred: set[asyncio.Task[None]] = set()
         self.workers = Workers(
             client, config, settings.task_queue, self.levers, _py_client(config),
             on_unknown_account=self.reread_for_unknown_account,
+            removed_account=self._leaving.__contains__,
         )  # fmt: skip
 
     async def apply(self, old: AppConfig, new: AppConfig, changes: AccountChanges) -> None:
-        """A reloaded configuration: limits first, then clients, then withdrawals."""
+        """A reloaded configuration: limits, clients, then the removed accounts' withdrawals.
+
+        A removed account keeps its Lever client for ``REMOVED_ACCOUNT_GRACE`` for the
+        calls of its running assessments, which get the withdrawal meanwhile and end
+        ``cancelled`` (account removed); a new assessment's first read is refused, so a
+        removed customer's candidates get no new invitation."""
         await apply_lever_limits(self.client, self.lever_queue, new.accounts)
-        self.levers.update(new.accounts)
+        for account_id in changes.removed:
+            leaving = old.account(account_id)
+            if leaving is not None:
+                self._leaving[account_id] = leaving
+        for account_id in changes.added:
+            self._leaving.pop(account_id, None)  # back before its grace ran out
+        self.levers.update(self._lever_accounts(new))
         self.workers.lever.watch(changes.added)
         if new.py != old.py or new.callback_url != old.callback_url:
             retired = self.workers.py.use(_py_client(new), new.callback_url)
-            asyncio.get_running_loop().call_later(
-                60, lambda: asyncio.ensure_future(retired.aclose())
-            )
+            self._later(PY_CLIENT_GRACE, retired.aclose)
         gateway = Gateway(self.client, self.settings.task_queue)
+        for account_id in changes.added:  # back after a removal: stop withdrawing its new ones
+            if await gateway.stop_account_removal(account_id):
+                log_event(log, "account back: its withdrawal stopped", account=account_id)
         for account_id in changes.removed:
             await gateway.remove_account(account_id)
+            self._later(REMOVED_ACCOUNT_GRACE, functools.partial(self._forget, account_id))
+
+    def _lever_accounts(self, config: AppConfig) -> list[Account]:
+        configured = {a.id for a in config.accounts}
+        return [*config.accounts, *(a for a in self._leaving.values() if a.id not in configured)]
+
+    async def _forget(self, account_id: str) -> None:
+        self._leaving.pop(account_id, None)
+        self.levers.update(self._lever_accounts(self.reloader.current))
+
+    async def _startup_checks(self, config: AppConfig) -> None:
+        await _log_failure(
+            warn_about_unconfigured(
+                self.client, self.settings.task_queue, (a.id for a in config.accounts)
+            ),
+            "looking for assessments of unconfigured accounts",
+        )
+        await log_check_problems(config, log)
+
+    async def _cancel_deferred(self) -> None:
+        for task in list(self._deferred):
+            task.cancel()
+        await asyncio.gather(*self._deferred, return_exceptions=True)
+
+    def _later(self, delay: float, work: Callable[[], Awaitable[None]]) -> None:
+        async def run() -> None:
+            await asyncio.sleep(delay)
+            await work()
+
+        task = asyncio.create_task(_log_failure(run(), "deferred clean-up"))
+        self._deferred.add(task)
+        task.add_done_callback(self._deferred.discard)
 
     async def reread_for_unknown_account(self) -> None:
-        """An activity names an account this process does not know: the file may (a
-        reload that has not reached this process yet). At most every 10 s."""
+        """An activity names an account this process does not know: the file may already
+        name it (a reload that has not reached this process yet). Only additions are
+        taken this way (at most every 10 s); changes and removals wait for SIGHUP, so a
+        file caught half-edited never withdraws anyone."""
         async with self._reread_lock:
             now = asyncio.get_running_loop().time()
             if now - self._reread_at < UNKNOWN_ACCOUNT_REREAD:
                 return
             self._reread_at = now
-            await self.reloader.reload()
+            try:
+                on_file = load_config(self.reloader.path)
+            except ConfigError:
+                return  # the SIGHUP that follows the edit reports it
+            known = set(self.levers)
+            added = [a for a in on_file.accounts if a.id not in known]
+            if not added:
+                return
+            accounts = [*self._lever_accounts(self.reloader.current), *added]
+            await apply_lever_limits(self.client, self.lever_queue, accounts)
+            self.levers.update(accounts)
+            self.workers.lever.watch(a.id for a in added)
+            log_event(
+                log, "accounts served before SIGHUP (named by an activity, found in the file)",
+                accounts=[a.id for a in added],
+            )  # fmt: skip
 
     def legacy_worker(self, task_queue: str, rate: float) -> Worker:
         return lever_worker(
@@ -264,12 +337,17 @@ class WorkerProcess:
             self.client, self.settings.task_queue, self.legacy_worker, self.rate_of
         )
         async with contextlib.AsyncExitStack() as stack:
+            # Closed last (the stack unwinds in reverse): after the workers' graceful
+            # shutdown has let the activities in flight finish with their clients.
+            stack.push_async_callback(self.levers.aclose)
+            stack.push_async_callback(self._cancel_deferred)
             for worker in self.workers.workers:
                 await stack.enter_async_context(worker)
-            stack.push_async_callback(self.levers.aclose)
             self.reloader.install()
             stack.push_async_callback(self.reloader.aclose)
-            draining = asyncio.create_task(_log_failure(drain.run(), "old Lever queues"))
+            if _mtime(self.reloader.path) != self._loaded_mtime:
+                await self.reloader.reload()  # edited (and SIGHUP ignored) while starting
+            draining = asyncio.create_task(drain.run())
             limits = lever_limits(config.accounts)
             log_event(
                 log, "worker started",
@@ -277,12 +355,21 @@ class WorkerProcess:
                 accounts=len(config.accounts), lever_rps_default=limits.default_rps,
                 accounts_with_own_rate=len(limits.weights),
             )  # fmt: skip
-            # Config vs. Lever and Py (as `cli.py check`): problems are warnings, not fatal.
-            checks = asyncio.create_task(log_check_problems(config, log))
+            # Config vs. Lever and Py (as `cli.py check`), and assessments of accounts the
+            # file no longer names: problems are warnings, not fatal.
+            checks = asyncio.create_task(self._startup_checks(config))
             await stop.wait()
             for task in (checks, draining):
                 task.cancel()
+            await asyncio.gather(checks, draining, return_exceptions=True)
             log_event(log, "worker stopping")
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
 
 
 async def _log_failure(work: Awaitable[None], what: str) -> None:
@@ -300,6 +387,7 @@ async def main() -> int:
     # over (connecting to Temporal may take a minute), and again once it lets go.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = Settings.from_env()
+    loaded_mtime = _mtime(settings.config_path or "")
     try:
         config = load_config_or_exit(settings.config_path, "worker")
         codec = codec_from_env({"PYLEVER_PAYLOAD_KEYS": settings.payload_keys or ""})
@@ -319,7 +407,7 @@ async def main() -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    process = WorkerProcess(client, settings, config)
+    process = WorkerProcess(client, settings, config, loaded_mtime)
     try:
         await process.run(stop)
     finally:

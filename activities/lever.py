@@ -83,10 +83,12 @@ class LeverActivities:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_unknown: Callable[[], Awaitable[object]] | None = None,
+        removed: Callable[[str], bool] | None = None,
     ) -> None:
         self._clients = clients
         self._clock = clock
         self._on_unknown = on_unknown
+        self._removed = removed  # accounts whose client is kept only for calls in flight
         self._refusal_warned_at: dict[str, float] = {}  # account -> clock() of its last warning
         self.watch(clients)
 
@@ -144,6 +146,13 @@ class LeverActivities:
 
     @activity.defn(name="lever.read_candidate")
     async def read_candidate(self, req: ReadCandidate) -> Candidate:
+        if self._removed is not None and self._removed(req.account_id):
+            # The first call of a new assessment: a removed customer gets no new invitations.
+            raise ApplicationError(
+                f"account {req.account_id!r} was removed from the configuration",
+                type="UnknownAccount",
+                non_retryable=True,
+            )
         client = await self._client(req.account_id)
         with self._lever_calls(req.account_id):
             opp = await client.get_opportunity(req.opportunity_id)

@@ -249,6 +249,20 @@ class Gateway:
             raise self._translate(exc) from None
         return workflow_id
 
+    async def stop_account_removal(self, account_id: str) -> bool:
+        """An account added back: its withdrawal, if still listing, stops taking its new
+        assessments. True when a running one was told."""
+        handle = self.client.get_workflow_handle(remove_account_workflow_id(account_id))
+        try:
+            await handle.signal(RemoveAccountWorkflow.stop, rpc_timeout=RPC_TIMEOUT)
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:  # none, or finished
+                return False
+            raise self._translate(exc) from None
+        except Exception as exc:
+            raise self._translate(exc) from None
+        return True
+
     # --- status --------------------------------------------------------------------
 
     async def candidate_assessments(self, account_id: str, opportunity_id: str) -> list[dict]:

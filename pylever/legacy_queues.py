@@ -34,6 +34,7 @@ log = logging.getLogger("pylever.legacy_queues")
 
 ROLLING_DEPLOY = timedelta(hours=1)
 CHECK_EVERY = 600.0  # seconds between two visibility checks while old executions remain
+RETRY_FIRST = 5.0  # seconds before asking again when Temporal did not answer (doubling)
 OUR_TYPES = ("AssessmentWorkflow", "InvitationWorkflow", "WithdrawCandidateWorkflow")
 
 WorkerFactory = Callable[[str, float], Worker]  # (task queue, rate) -> a Lever worker
@@ -107,11 +108,27 @@ class LegacyQueueDrain:
         return sorted(self._running)
 
     async def run(self) -> None:
-        """Check, adjust, repeat while old executions remain; then return."""
-        cutover_at = await cutover(self._client, self._task_queue)
+        """Check, adjust, repeat while old executions remain; then return. Temporal
+        failing to answer is retried (with back-off) without stopping the pollers."""
+        backoff = RETRY_FIRST
         try:
+            cutover_at: datetime | None = None
             while True:
-                accounts = await accounts_with_old_executions(self._client, self._task_queue, cutover_at)
+                try:
+                    if cutover_at is None:
+                        cutover_at = await cutover(self._client, self._task_queue)
+                    accounts = await accounts_with_old_executions(
+                        self._client, self._task_queue, cutover_at
+                    )
+                except Exception as exc:  # Temporal unavailable: keep what runs, ask again
+                    log_event(
+                        log, "cannot read which old Lever queues to drain; asking again",
+                        logging.WARNING, error=f"{type(exc).__name__}: {exc}", retry_in=backoff,
+                    )  # fmt: skip
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self._check_every)
+                    continue
+                backoff = RETRY_FIRST
                 await self._adjust(accounts)
                 if not accounts:
                     return

@@ -20,11 +20,15 @@ ClientFactory = Callable[[Account], LeverClient]
 RETIRE_AFTER = 60.0  # seconds: longer than any one Lever call (the clients time out after 10 s)
 
 
-def activity_client(account: Account, *, rate: float = 10.0) -> LeverClient:
-    """One attempt per call (Temporal retries); the in-process bucket is a second
-    guard below Lever's burst, the server's per-account limit is the first."""
+def activity_client(account: Account, *, rate: float | None = None) -> LeverClient:
+    """One attempt per call (Temporal retries). The server's per-account limit on the
+    shared queue is the first guard; the in-process bucket, at the account's own rate
+    (``rate`` overrides it), is the second, for calls that make two requests."""
     return LeverClient(
-        account.lever_api_url, account.lever_api_key.get_secret_value(), max_attempts=1, rate=rate
+        account.lever_api_url,
+        account.lever_api_key.get_secret_value(),
+        max_attempts=1,
+        rate=account.lever_requests_per_second if rate is None else rate,
     )
 
 

@@ -9,8 +9,10 @@ Importing this module starts nothing; tests/test_replay.py calls it:
 - ``SLOW`` (every other path) need a stack of their own (``recording_stack``: per-workflow
   time skipping as in tests/test_lifecycle.py, and a stand-in for the deleting activities)
   and run only when histories are recorded;
-- ``DURABLE_ONLY`` (lever-refused, adopted) are paths of the durable shape only
-  (``workflow.patched("durable-invitation")``), on the recording stack too;
+- ``DURABLE_ONLY`` (lever-refused, adopted, account-removed) are paths of the durable
+  shape only (``workflow.patched("durable-invitation")``), on the recording stack too;
+  ``account-removed`` also records a ``RemoveAccountWorkflow`` run, and, recorded with the
+  shared Lever task queue, Lever activities carrying the account as fairness key;
 - ``MORE`` (unconfirmed, lever-gone, contract-error, cancel-holds-result): more paths
   of the durable shape only, recorded together as the group ``more``
   (``PYLEVER_RECORD_HISTORIES=durable:more``) or one by one.
@@ -50,6 +52,7 @@ from temporalio.service import RPCError, RPCStatusCode
 import worker
 from activities.temporal_ops import TemporalActivities
 from pylever import search_attributes as sa
+from pylever.gateway import Gateway
 from pylever.models import Status
 from tests.integration_stack import ON_SITE, Stack, running_stack
 from tests.pipeline_support import PY_TESTS, post_webhook, signed, webhooks_off
@@ -57,6 +60,7 @@ from tests.temporal_harness import wait_for_visibility
 from tests.test_forged_withdrawals import ACME_TOKEN, withdrawal_data
 from tests.test_lifecycle import start_lifecycle_env, unstamped_client
 from workflows import decisions
+from workflows.remove_account import RemoveAccountResult
 
 Histories = dict[str, WorkflowHistory]
 Recording = Callable[[Stack], Awaitable[Histories]]
@@ -384,6 +388,38 @@ async def record_adopted(stack: Stack) -> Histories:
     }
 
 
+async def record_account_removed(stack: Stack) -> Histories:
+    """Invited; then acme is removed from the configuration (``Gateway.remove_account``, as
+    the worker's reload does): the removal lists acme's running assessments and signals
+    each ``withdraw`` (``account_removed``); the child cancels at Py and writes nothing to
+    Lever; the assessment ends ``cancelled``, "account removed from configuration". The
+    removal's later listings (after 15 s, 30 s, 1 min, 2 min and 4 min: skipped with
+    ``fast_forward``) find nothing new; it ends after 2 quiet minutes."""
+    opp, parent_id, child, invitation_id = await waiting(stack, "Replay Accountremoved")
+    query = (
+        f"{sa.account_query('acme')} "
+        "AND WorkflowType = 'AssessmentWorkflow' AND ExecutionStatus = 'Running'"
+    )
+    await wait_for_visibility(stack.client, query, expected_ids={parent_id}, within=30)
+    writes = stack.lever.api_writes(opp)
+    remover_id = await Gateway(stack.client, stack.task_queue).remove_account("acme")
+    result = await stack.result(parent_id)
+    assert result.status == Status.CANCELLED, result
+    assert result.reason == decisions.ACCOUNT_REMOVED_TEXT, result
+    assert [i.status for i in result.invitations] == [Status.CANCELLED], result
+    assert stack.py.invitation(invitation_id)["status"] == "cancelled"
+    assert await closed(stack, child.id) == WorkflowExecutionStatus.COMPLETED
+    assert stack.lever.api_writes(opp) == writes  # nothing written to Lever
+    remover = stack.client.get_workflow_handle(remover_id, result_type=RemoveAccountResult)
+    assert await fast_forward(stack, remover, None) is False  # the later listings; closed
+    assert await remover.result() == RemoveAccountResult(found=1, signalled=1)
+    return {
+        "remove-account-account-removed": await history(stack, remover_id),
+        "assessment-account-removed": await history(stack, parent_id),
+        "invitation-account-removed": await history(stack, child.id),
+    }
+
+
 # --- more paths of the durable shape only (``recording_stack``) ---------------------------
 
 
@@ -500,6 +536,7 @@ SLOW: dict[str, Recording] = {
 DURABLE_ONLY: dict[str, Recording] = {
     "lever-refused": record_lever_refused,
     "adopted": record_adopted,
+    "account-removed": record_account_removed,
 }
 MORE: dict[str, Recording] = {  # of the durable shape only; the group ``more`` names them all
     "unconfirmed": record_unconfirmed,

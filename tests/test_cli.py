@@ -421,3 +421,40 @@ async def test_cancel_when_nothing_runs(
     for run in (every, one, by_id, unknown_account, unknown_stage):
         assert_no_secrets(run)
         assert "Traceback" not in run.text
+
+
+async def test_remove_account_refuses_a_configured_account_and_asks_before_acting(
+    sandboxes: Sandboxes, stack: Stack, tmp_path: Path
+) -> None:
+    """Withdrawing an account's assessments is for an account the file no longer names,
+    and only with --yes; without it, the command says how many it would withdraw."""
+    import base64
+
+    from temporalio.service import RPCError
+
+    from tests.integration_stack import PAYLOAD_KEY
+
+    opp = stack.candidate("Ada Lovelace", "ada.lovelace@example.com")
+    assert (await stack.move(opp, "Py Assessment")).status == 202
+    await stack.invitation(opp)  # a live invitation: its assessment is running
+    with_acme, without_acme = tmp_path / "with.toml", tmp_path / "without.toml"
+    with_acme.write_text(config_toml(sandboxes))
+    without_acme.write_text(config_toml(sandboxes).replace('id = "acme"', 'id = "initech"'))
+    temporal = {
+        "TEMPORAL_ADDRESS": stack.client.service_client.config.target_host,
+        "PYLEVER_TASK_QUEUE": stack.task_queue,
+        "PYLEVER_PAYLOAD_KEYS": base64.b64encode(PAYLOAD_KEY).decode(),
+    }
+    configured, dry = await asyncio.gather(
+        run_cli("remove-account", "acme", "--yes", env=check_env(with_acme, **temporal)),
+        run_cli("remove-account", "acme", env=check_env(without_acme, **temporal)),
+    )
+    assert configured.code == 2 and "still in the configuration" in configured.err
+    assert dry.code == 0, dry.text
+    count = int(dry.out.split()[0])
+    assert count >= 1 and "would be withdrawn" in dry.out and "--yes" in dry.out
+    with pytest.raises(RPCError):  # nothing was started
+        await stack.client.get_workflow_handle("remove-account:acme").describe()
+    for run in (configured, dry):
+        assert_no_secrets(run)
+        assert "Traceback" not in run.text

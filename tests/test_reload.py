@@ -417,3 +417,34 @@ async def test_a_request_in_flight_finishes_on_its_configuration(
         await stage_change(http, "acme", SECRETS["acme_token"], "opp-after",
                            TECHNICAL_SCREEN_STAGE_ID), 404, "unknown_account",
     )  # fmt: skip
+
+
+
+async def test_api_reloads_a_file_changed_during_start_up(stack: Stack, tmp_path: Path) -> None:
+    """A SIGHUP sent while the API started (before the lifespan installed the reload) was
+    ignored: a file changed since it was read is reloaded once the handler is in place;
+    an unchanged one is not."""
+    from api import config_mtime
+
+    path = tmp_path / "pylever.toml"
+    write_config(path, stack_data(stack))
+    loaded_mtime = config_mtime(str(path))
+    assert loaded_mtime is not None
+    config = load_config(path)
+    settings = Settings(
+        config_path=str(path), task_queue=stack.task_queue,
+        payload_keys=base64.b64encode(PAYLOAD_KEY).decode(),
+    )  # fmt: skip
+    ok = reloads("api", "ok")
+    unchanged = create_app(config, settings, client=stack.client, reload_on_sighup=True,
+                           lever_grace=0.2, loaded_mtime=loaded_mtime)  # fmt: skip
+    async with unchanged.router.lifespan_context(unchanged):
+        assert reloads("api", "ok") == ok
+    write_config(path, with_initech(stack_data(stack)))  # during start-up
+    os.utime(path, ns=(loaded_mtime, loaded_mtime + 1_000_000))  # (within one clock tick)
+    app = create_app(config, settings, client=stack.client, reload_on_sighup=True,
+                     lever_grace=0.2, loaded_mtime=loaded_mtime)  # fmt: skip
+    async with app.router.lifespan_context(app):
+        assert reloads("api", "ok") == ok + 1
+        assert "initech" in app.state.service.matchers
+        assert app.state.reloader.current.account("initech") is not None

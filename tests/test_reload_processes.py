@@ -54,7 +54,11 @@ from workflows.decisions import (
     TAG_PASS,
     assessment_workflow_id,
 )
-from workflows.remove_account import RemoveAccountResult, remove_account_workflow_id
+from workflows.remove_account import (
+    RemoveAccountResult,
+    RemoveAccountWorkflow,
+    remove_account_workflow_id,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -448,17 +452,20 @@ async def test_reload_add_change_broken_remove_on_real_processes(
     await stack.eventually(api_reloaded, 10, what="the API's reloads")
     assert stack.api.running
 
-    # The removal's second listing (15 s later) found nothing more; nothing written to Lever.
+    # The removal keeps listing (15 s, 30 s, 1 min...) until quiet; once g3 has ended, stop it
+    # (as an operator or a re-added account would) and read its counts.
     handle = client.get_workflow_handle(remover, result_type=RemoveAccountResult)
+    # g3's assessment started after the workers dropped globex: its first Lever read is
+    # refused (nothing sent), or, when a listing caught it first, it is withdrawn.
+    g3_result = await result_of(stack, g3_id, timeout=40)
+    await handle.signal(RemoveAccountWorkflow.stop)
     removal = await asyncio.wait_for(handle.result(), 40)
-    # g3's assessment started after the workers dropped globex: it either fails to read the
-    # opportunity (nothing sent), or, when a listing caught it first, is withdrawn.
-    g3_result = await result_of(stack, g3_id, timeout=10)
     assert g3_result.invitations == (), g3_result
     if removal.found == 2:
         assert removal == RemoveAccountResult(found=2, signalled=2)
         assert g3_result.status == Status.ERROR, g3_result
         assert (g3_result.reason or "").startswith("cannot read the opportunity"), g3_result
+        assert "removed from the configuration" in (g3_result.reason or ""), g3_result
     else:
         assert removal.found == 3 and removal.signalled in (2, 3), removal
         assert g3_result.status in (Status.ERROR, Status.CANCELLED), g3_result

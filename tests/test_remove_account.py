@@ -5,7 +5,9 @@ reload) signals each running assessment of the account ``withdraw`` with the
 reason ``account_removed``: the invitation is cancelled at Py, nothing more is
 written to Lever, and the assessment ends ``cancelled`` with the reason
 "account removed from configuration". The stack is this module's own (real dev
-server): removing an account withdraws every one of its running assessments.
+server): removing an account withdraws every one of its running assessments, also
+those that start after its first listing; it lists until nothing new turns up for a
+while, continues as new when its history grows, and ends early on ``stop``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus
 
 from pylever.gateway import Gateway
@@ -27,6 +31,8 @@ from workflows.remove_account import (
     RemoveAccountInput,
     RemoveAccountResult,
     RemoveAccountWorkflow,
+    next_listing_in,
+    quiet_enough,
     remove_account_workflow_id,
 )
 
@@ -56,6 +62,22 @@ def test_an_account_removal_writes_nothing_to_lever_and_names_itself() -> None:
     assert decisions.reason_after_withdrawn_children(reason) == (
         "account removed from configuration"
     )
+
+
+def test_the_listings_slow_down_to_the_quiet_interval() -> None:
+    """Listed at 0, then 15 s, 30 s, 1 min, 2 min, 4 min, 6 min, ... (the defaults)."""
+    at, times = 0.0, [0.0]
+    while at < 6 * 60:
+        at += next_listing_in(at, 15, 120)
+        times.append(at)
+    assert times == [0, 15, 30, 60, 120, 240, 360]
+
+
+def test_quiet_means_nothing_new_for_the_whole_interval() -> None:
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    assert not quiet_enough(None, t0, 120)  # the last listing found something
+    assert not quiet_enough(t0, t0 + timedelta(seconds=119), 120)
+    assert quiet_enough(t0, t0 + timedelta(seconds=120), 120)
 
 
 # --- on the stack --------------------------------------------------------------------------
@@ -152,6 +174,12 @@ async def test_removal_cancels_at_py_and_writes_nothing_to_lever(stack: Stack) -
     # Not even the in-progress tags are cleared: the customer's key may be revoked.
     assert stack.lever.api_writes(opp) == writes_before
     assert TAG_INVITED in stack.tags(opp)
+    # It keeps listing (minutes); the account configured again: ``stop`` ends it.
+    remover = stack.client.get_workflow_handle(workflow_id, result_type=RemoveAccountResult)
+    progress = await remover.query(RemoveAccountWorkflow.progress)
+    assert progress == RemoveAccountResult(found=1, signalled=1)
+    await remover.signal(RemoveAccountWorkflow.stop)
+    assert await asyncio.wait_for(remover.result(), 20) == progress
 
 
 async def test_every_page_of_running_assessments_is_withdrawn(stack: Stack) -> None:
@@ -159,12 +187,26 @@ async def test_every_page_of_running_assessments_is_withdrawn(stack: Stack) -> N
     opps = [await invited(stack, f"Globex Candidate {i}", "globex") for i in range(3)]
     handle = await stack.client.start_workflow(
         RemoveAccountWorkflow.run,
-        RemoveAccountInput(account_id="globex", settle_seconds=0, page_size=1),
+        RemoveAccountInput(account_id="globex", settle_seconds=0, page_size=1, signals_per_run=1),
         id="remove-account:globex-pages",
         task_queue=stack.task_queue,
         result_type=RemoveAccountResult,
     )
     assert await handle.result() == RemoveAccountResult(found=3, signalled=3)
+    # One signal per run: continued as new twice, the listing in progress carried over.
+    runs, sent = [handle.result_run_id], []
+    while True:
+        events = [e async for e in stack.client.get_workflow_handle(
+            handle.id, run_id=runs[-1]).fetch_history_events()]  # fmt: skip
+        sent.append(sum(e.event_type == SIGNAL_SENT for e in events))
+        closing = events[-1]
+        if closing.event_type != EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+            break
+        runs.append(
+            closing.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+        )
+    # (a last run may only read the listing's empty last page)
+    assert sent in ([1, 1, 1], [1, 1, 1, 0]), sent
     for opp, parent_id in opps:
         result = await stack.result(parent_id, timeout=30)
         assert (result.status, result.reason) == (
@@ -181,3 +223,30 @@ async def test_every_page_of_running_assessments_is_withdrawn(stack: Stack) -> N
         result_type=RemoveAccountResult,
     )
     assert again == RemoveAccountResult(found=0, signalled=0)
+
+
+SIGNAL_SENT = EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED
+
+
+async def test_an_assessment_started_after_the_first_listing_is_withdrawn(stack: Stack) -> None:
+    """An API that had not reloaded yet starts one more: a later listing withdraws it; the
+    listings stop once nothing new turned up for ``quiet_seconds``."""
+    _, first_id = await invited(stack, "Early Candidate", "globex")
+    handle = await stack.client.start_workflow(
+        RemoveAccountWorkflow.run,
+        RemoveAccountInput(account_id="globex", settle_seconds=1, quiet_seconds=6),
+        id="remove-account:globex-late",
+        task_queue=stack.task_queue,
+        result_type=RemoveAccountResult,
+    )
+    first = await stack.result(first_id, timeout=30)
+    assert (first.status, first.reason) == (Status.CANCELLED, decisions.ACCOUNT_REMOVED_TEXT)
+    late_opp = stack.candidate("Late Candidate", "late.candidate@example.com", lever=stack.globex)
+    attempt = await stack.move(late_opp, "Py Assessment", lever=stack.globex)
+    assert attempt.status == 202, attempt.body
+    late = await stack.result(attempt.body["workflow_id"], timeout=30)
+    assert (late.status, late.reason) == (Status.CANCELLED, decisions.ACCOUNT_REMOVED_TEXT)
+    assert all(i["status"] == "cancelled" for i in stack.invitations(late_opp))
+    started = time.monotonic()
+    assert await asyncio.wait_for(handle.result(), 30) == RemoveAccountResult(found=2, signalled=2)
+    assert time.monotonic() - started < 20  # it stopped once quiet

@@ -11,8 +11,9 @@ parent's, so a parent replays only under its recorded id). There are two sets:
   that executions started before that patch still replay (``workflows.shipped_v1``);
 - the *durable* set (``durable-assessment-pass``, ...): the same paths recorded from
   the durable shape (each history starts with the patch's ``core_patch`` marker), plus
-  paths of that shape only: ``lever-refused`` and ``adopted``, and the group ``more``
-  (``unconfirmed``, ``lever-gone``, ``contract-error``, ``cancel-holds-result``) below.
+  paths of that shape only: ``lever-refused``, ``adopted`` and ``account-removed``, and
+  the group ``more`` (``unconfirmed``, ``lever-gone``, ``contract-error``,
+  ``cancel-holds-result``) below.
 
 ``CLAIMS`` below says which path each file is; every path, its histories (the
 durable set: the same names with ``durable-`` in front):
@@ -44,6 +45,14 @@ durable set: the same names with ``durable-`` in front):
   ends ``error``), ``durable-assessment-adopted-2``, ``durable-invitation-adopted-2``
   (the re-run after the candidate re-entered the stage: the child adopts the open
   invitation, ``py.get_invitation`` instead of ``py.create_invitation``);
+- account-removed (durable only): ``durable-remove-account-account-removed``,
+  ``durable-assessment-account-removed``, ``durable-invitation-account-removed`` (invited,
+  then acme removed from the configuration: ``RemoveAccountWorkflow`` lists and signals
+  ``withdraw``, ``account_removed``; cancelled at Py, nothing written to Lever, the
+  assessment ends "account removed from configuration"; the removal lists 5 more times,
+  finds nothing new and ends). Recorded on the shared Lever task queue: its Lever
+  activities carry the account as fairness key. ``RemoveAccountWorkflow`` has no
+  ``workflow.patched`` marker (it never had another shape in a release);
 - unconfirmed (durable only, group ``more``): ``durable-withdraw-unconfirmed`` (a
   forged ``candidateDeleted`` webhook naming an active, invited candidate: Lever is
   read 4 times, at once and after 10 s, 1 min and 5 min, never confirms it; the
@@ -109,12 +118,14 @@ from pylever.models import (
     InvitationInput,
     InvitationResult,
     Status,
+    Withdrawal,
     WithdrawInput,
 )
 from tests import record_histories
 from tests.integration_stack import PAYLOAD_KEY, Stack
 from workflows import decisions
 from workflows.assessment import DURABLE, AssessmentWorkflow, InvitationWorkflow, _LeverOps
+from workflows.remove_account import RemoveAccountInput, RemoveAccountResult, RemoveAccountWorkflow
 from workflows.withdraw import WithdrawCandidateWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -419,6 +430,22 @@ DURABLE_CLAIMS: dict[str, Claim] = {
         (_P, "signaled:py_event", "completed"),
         parent=f"{_D}assessment-adopted-2",
     ),
+    f"{_D}remove-account-account-removed": Claim(
+        # Listed at once (one assessment), then after 15 s, 30 s, 1 min, 2 min and 4 min:
+        # nothing new for 2 minutes, done.
+        ("temporal.account_assessments",) * 6,
+        ("signal-sent:withdraw", *("timer-fired",) * 5, "completed"),
+    ),
+    f"{_D}assessment-account-removed": Claim(
+        _READ_AND_FIND,
+        (_P, "child-started", "signaled:withdraw", "signal-sent:withdraw", "child-completed",
+         "completed"),
+    ),  # fmt: skip
+    f"{_D}invitation-account-removed": Claim(
+        (*_INVITE, "py.cancel"),  # nothing written to Lever after the removal
+        (_P, "signaled:withdraw", "completed"),
+        parent=f"{_D}assessment-account-removed",
+    ),
     # --- the group ``more`` ---
     f"{_D}withdraw-unconfirmed": Claim(
         # Asked at once, then after 10 s, 1 min and 5 min; never "gone": nothing signalled
@@ -541,7 +568,13 @@ def assert_is_the_claimed_path(name: str, history: WorkflowHistory) -> None:
 def replayer(*workflows: type) -> Replayer:
     return Replayer(
         workflows=list(
-            workflows or (AssessmentWorkflow, InvitationWorkflow, WithdrawCandidateWorkflow)
+            workflows
+            or (
+                AssessmentWorkflow,
+                InvitationWorkflow,
+                WithdrawCandidateWorkflow,
+                RemoveAccountWorkflow,
+            )
         ),
         data_converter=data_converter(AesGcmCodec([PAYLOAD_KEY])),
     )
@@ -602,7 +635,7 @@ async def test_current_histories_replay_and_record(stack: Stack) -> None:
         save({n: h for n, h in recorded.items() if _group_of(n) in asked})
 
 
-_NAME = re.compile(r"(durable-)?(assessment|invitation|withdraw)-(.+?)(?:-\d+)?")
+_NAME = re.compile(r"(durable-)?(assessment|invitation|withdraw|remove-account)-(.+?)(?:-\d+)?")
 
 
 def _group_of(name: str) -> str:
@@ -620,7 +653,7 @@ def _set_of(name: str) -> str:
 
 
 def _type_of(name: str) -> str:
-    """``assessment``, ``invitation`` or ``withdraw``."""
+    """``assessment``, ``invitation``, ``withdraw`` or ``remove-account``."""
     found = _NAME.fullmatch(name)
     assert found, name
     return found.group(2)
@@ -668,10 +701,11 @@ def test_the_saved_files_are_the_claimed_ones() -> None:
 @pytest.mark.parametrize("name", SAVED)
 def test_each_set_is_of_its_shape(name: str) -> None:
     """The shipped set has no ``workflow.patched`` marker (replayed, its executions take
-    ``workflows.shipped_v1``); the durable set's first command is the DURABLE marker."""
+    ``workflows.shipped_v1``); the durable set's first command is the DURABLE marker (but
+    for ``RemoveAccountWorkflow``, which has none)."""
     history = load(name)
     patches = [p for e in history.events if (p := patch_id(e)) is not None]
-    if _set_of(name) == "shipped":
+    if _set_of(name) == "shipped" or _type_of(name) == "remove-account":
         assert patches == [], name
     else:
         assert patches == [DURABLE], name
@@ -857,6 +891,76 @@ def test_durable_cancel_holding_a_result_ends_completed() -> None:
     assert milestones(child)[-1] == "completed"
 
 
+def test_durable_account_removed_writes_nothing_and_uses_the_shared_lever_queue() -> None:
+    """The removal's withdrawal: after it, the child's only call is Py's cancel (no Lever
+    write); the parent ends without a Lever call of its own. Every Lever activity ran on
+    the shared Lever task queue (``<queue>-lever``) with the account as fairness key; Py's
+    on the workflow's own queue."""
+    parent = load(f"{DURABLE_SET}assessment-account-removed")
+    child = load(f"{DURABLE_SET}invitation-account-removed")
+    signaled = EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+    assert _activities_after(child, signaled) == ["py.cancel"]
+    assert _activities_after(parent, signaled) == []
+    lever_calls = 0
+    for history in (parent, child):
+        own = history.events[0].workflow_execution_started_event_attributes.task_queue.name
+        for e in history.events:
+            if not e.HasField("activity_task_scheduled_event_attributes"):
+                continue
+            scheduled = e.activity_task_scheduled_event_attributes
+            if scheduled.activity_type.name.startswith("lever."):
+                lever_calls += 1
+                assert scheduled.task_queue.name == decisions.lever_task_queue(own)
+                assert scheduled.priority.fairness_key == "acme"
+            else:
+                assert scheduled.task_queue.name == own
+    assert lever_calls == 2  # read_candidate; add_tags (Py - Invited)
+
+
+async def test_durable_account_removal_lists_until_quiet() -> None:
+    """The removal's timers: 15 s, 15 s, 30 s, 1 min, 2 min (listings at 0, 15 s, 30 s,
+    1 min, 2 min, 4 min); one ``withdraw`` sent; its result counts it."""
+    remover = load(f"{DURABLE_SET}remove-account-account-removed")
+    timers = [
+        e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta().total_seconds()
+        for e in remover.events
+        if e.HasField("timer_started_event_attributes")
+    ]
+    assert timers == [15, 15, 30, 60, 120], timers
+    assert _failed_activities(remover) == []
+    closing = remover.events[-1].workflow_execution_completed_event_attributes
+    converter = data_converter(AesGcmCodec([PAYLOAD_KEY]))
+    [result] = await converter.decode(closing.result.payloads, [RemoveAccountResult])
+    assert result == RemoveAccountResult(found=1, signalled=1)
+
+
+async def _with_withdrawal_reason(name: str, reason: str) -> WorkflowHistory:
+    """A saved history whose ``withdraw`` signals name another reason."""
+    history = load(name)
+    converter = data_converter(AesGcmCodec([PAYLOAD_KEY]))
+    for e in history.events:
+        if e.HasField("workflow_execution_signaled_event_attributes"):
+            signaled = e.workflow_execution_signaled_event_attributes
+            if signaled.signal_name == "withdraw":
+                [withdrawal] = await converter.decode(signaled.input.payloads, [Withdrawal])
+                assert withdrawal.reason == "deleted", withdrawal
+                del signaled.input.payloads[:]
+                signaled.input.payloads.extend(await converter.encode([Withdrawal(reason=reason)]))
+    return history
+
+
+@pytest.mark.parametrize("name", ["assessment-deleted", "invitation-deleted"])
+async def test_shipped_shape_takes_an_account_removal_as_a_delete(name: str) -> None:
+    """``workflows.shipped_v1`` knows ``account_removed``: a pre-durable execution told so
+    takes the deleted path, command for command (no Lever write); the same history told
+    ``archived`` does not (it clears the in-progress tags: one more command)."""
+    await replayer().replay_workflow(await _with_withdrawal_reason(name, "account_removed"))
+    if name.startswith("invitation"):
+        archived = await _with_withdrawal_reason(name, "archived")
+        with pytest.raises(workflow.NondeterminismError):
+            await replayer().replay_workflow(archived)
+
+
 @pytest.mark.parametrize("name", SAVED)
 def test_saved_histories_hold_no_clear_text_payloads(name: str) -> None:
     """Every payload but the search attributes (ids, statuses) and the ``core_patch``
@@ -888,12 +992,13 @@ def test_saved_histories_hold_no_clear_text_payloads(name: str) -> None:
     assert all(p[-2] == "indexedFields" for p in plain), plain
     # The marker holds the patch id and nothing else; so does the search attribute that
     # ``workflow.patched`` upserts with it (TemporalChangeVersion).
-    durable = _set_of(name) == "durable"
+    durable = _set_of(name) == "durable" and _type_of(name) != "remove-account"
     assert markers == ([{"id": DURABLE, "deprecated": False}] if durable else []), markers
-    # The withdraw workflow sets no search attribute of its own (gateway.withdraw_candidate):
-    # no clear text at all but the patch's; the others upsert theirs.
+    # The withdraw and remove-account workflows set no search attribute of their own
+    # (gateway.withdraw_candidate, gateway.remove_account): no clear text at all but the
+    # patch's; the others upsert theirs.
     ours = [p for p in plain if p[-1] != "TemporalChangeVersion"]
-    assert bool(ours) is not (_type_of(name) == "withdraw"), plain
+    assert bool(ours) is not (_type_of(name) in ("withdraw", "remove-account")), plain
     assert any(p[-1] == "TemporalChangeVersion" for p in plain) is durable, plain
 
 
@@ -992,15 +1097,34 @@ class WaitsBeforeSignalling(WithdrawCandidateWorkflow):
         return len(running)
 
 
+@workflow.defn(name="RemoveAccountWorkflow", sandboxed=False)
+class UnchangedRemoveAccount(RemoveAccountWorkflow):
+    @workflow.run
+    async def run(self, input: RemoveAccountInput) -> RemoveAccountResult:
+        return await super().run(input)
+
+
+@workflow.defn(name="RemoveAccountWorkflow", sandboxed=False)
+class WaitsBeforeListing(RemoveAccountWorkflow):
+    """Waits before its first listing: a timer moves ahead of the first activity."""
+
+    @workflow.run
+    async def run(self, input: RemoveAccountInput) -> RemoveAccountResult:
+        await workflow.sleep(1)
+        return await super().run(input)
+
+
 _VARIANT_OF = {
     "assessment": ReorderedAssessment,
     "invitation": TagsBeforeInviting,
     "withdraw": WaitsBeforeSignalling,
+    "remove-account": WaitsBeforeListing,
 }
 _SAFE_VARIANT_OF = {
     "assessment": UnchangedAssessment,
     "invitation": PatchedInvitation,
     "withdraw": UnchangedWithdraw,
+    "remove-account": UnchangedRemoveAccount,
 }
 
 

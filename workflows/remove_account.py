@@ -8,15 +8,31 @@ as for a deleted candidate, each open invitation is cancelled at Py and nothing 
 written to Lever (the customer's key may already be revoked); the assessment ends
 ``cancelled`` with the reason "account removed from configuration".
 
-A second listing after ``settle_seconds`` catches assessments that started
-meanwhile (an API that had not reloaded yet, or visibility lagging a start).
+It keeps listing, since assessments can still start after the first listing (an API
+that reloads later, visibility lagging a start): again after ``settle_seconds``, then
+at intervals that double up to ``quiet_seconds`` (by default at 15 s, 30 s, 1 min,
+2 min, 4 min, 6 min, ...), until two listings at least ``quiet_seconds`` apart found
+nothing new in between, and no longer than ``horizon_seconds`` (15 minutes) in all.
+An assessment listed again is not signalled again; one signalled twice (after a
+continue-as-new, see below) ignores the second withdrawal (``AssessmentWorkflow.withdraw``).
+
+Every ``signals_per_run`` signals (or when Temporal suggests it) it continues as new,
+carrying its counts, its clock, the listing in progress and the most recent
+``CARRIED_IDS`` ids it signalled; an id older than those, still running and listed
+again, is signalled again (ignored) and counted again.
+
+The signal ``stop`` (an account configured again) ends it after the page in hand.
+The query ``progress`` answers the counts so far.
+
+Its shape (several listings, continue-as-new) is not the one of commit 19034fc,
+which listed twice; that shape never shipped in a release, so no ``workflow.patched``.
 Its input, activity arguments and results are account and workflow ids only.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict
 from temporalio import workflow
@@ -30,6 +46,10 @@ with workflow.unsafe.imports_passed_through():
     from workflows.assessment import AssessmentWorkflow
 
 SETTLE_SECONDS = 15  # between the first listing and the second
+QUIET_SECONDS = 120  # the longest interval; nothing new for this long ends the listings
+HORIZON_SECONDS = 15 * 60  # no listing later than this after the first
+SIGNALS_PER_RUN = 500  # then continue-as-new
+CARRIED_IDS = 2000  # signalled ids carried into the next run
 PAGE_SIZE = 100
 
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
@@ -39,7 +59,17 @@ class RemoveAccountInput(BaseModel):
     model_config = ConfigDict(frozen=True)
     account_id: str
     settle_seconds: int = SETTLE_SECONDS  # 0: list once
+    quiet_seconds: int = QUIET_SECONDS
+    horizon_seconds: int = HORIZON_SECONDS
     page_size: int = PAGE_SIZE
+    signals_per_run: int = SIGNALS_PER_RUN
+    # Carried by continue-as-new (a first run has none of these).
+    found: int = 0
+    signalled: int = 0
+    seen: tuple[str, ...] = ()
+    first_listing_at: datetime | None = None
+    quiet_since: datetime | None = None  # the first listing of a run of empty ones
+    page_token: str | None = None  # the listing in progress
 
 
 class RemoveAccountResult(BaseModel):
@@ -52,47 +82,127 @@ def remove_account_workflow_id(account_id: str) -> str:
     return f"remove-account:{account_id}"
 
 
+def next_listing_in(elapsed: float, settle: int, quiet: int) -> float:
+    """Seconds to the next listing, ``elapsed`` seconds after the first one: as long as
+    the time already spent (whole seconds), at least ``settle``, at most ``quiet`` (15,
+    15, 30, 60, 120, 120, ... with the defaults)."""
+    return float(min(max(int(elapsed), settle), quiet))
+
+
+def quiet_enough(quiet_since: datetime | None, now: datetime, quiet: int) -> bool:
+    """Whether the listings have found nothing new for ``quiet`` seconds."""
+    return quiet_since is not None and (now - quiet_since).total_seconds() >= quiet
+
+
+class _ContinueAsNew(Exception):
+    pass
+
+
 @workflow.defn
 class RemoveAccountWorkflow:
     def __init__(self) -> None:
-        self._seen: set[str] = set()
+        self._seen: dict[str, None] = {}  # in the order signalled
+        self._found = 0
         self._signalled = 0
+        self._signalled_here = 0  # in this run
+        self._token: str | None = None
+        self._stopped = False
+        self._new_in_pass = 0
+
+    @workflow.signal
+    def stop(self) -> None:
+        """The account is configured again: list no more."""
+        self._stopped = True
+
+    @workflow.query
+    def progress(self) -> RemoveAccountResult:
+        return RemoveAccountResult(found=self._found, signalled=self._signalled)
 
     @workflow.run
     async def run(self, input: RemoveAccountInput) -> RemoveAccountResult:
-        await self._withdraw_listed(input)
-        if input.settle_seconds > 0:
-            await asyncio.sleep(input.settle_seconds)
-            await self._withdraw_listed(input)
+        self._seen = dict.fromkeys(input.seen)
+        self._found, self._signalled = input.found, input.signalled
+        self._token = input.page_token
+        first = input.first_listing_at or workflow.now()
+        quiet_since = input.quiet_since
+        while not self._stopped:
+            try:
+                new = await self._withdraw_listed(input)
+            except _ContinueAsNew:
+                if self._new_in_pass:
+                    quiet_since = None
+                workflow.continue_as_new(self._carried(input, first, quiet_since))
+            now = workflow.now()
+            if new:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elapsed = (now - first).total_seconds()
+            if (
+                input.settle_seconds <= 0
+                or quiet_enough(quiet_since, now, input.quiet_seconds)
+                or elapsed >= input.horizon_seconds
+            ):
+                break
+            delay = next_listing_in(elapsed, input.settle_seconds, input.quiet_seconds)
+            delay = min(delay, input.horizon_seconds - elapsed)
+            try:
+                await workflow.wait_condition(lambda: self._stopped, timeout=delay)
+            except TimeoutError:
+                pass
         workflow.logger.info(
             "account %s removed: %d running assessments found, %d told to withdraw",
-            input.account_id, len(self._seen), self._signalled,
+            input.account_id, self._found, self._signalled,
         )  # fmt: skip
-        return RemoveAccountResult(found=len(self._seen), signalled=self._signalled)
+        return self.progress()
 
-    async def _withdraw_listed(self, input: RemoveAccountInput) -> None:
-        """One pass over the listing, page by page; ids already seen are not signalled again."""
-        token: str | None = None
+    def _carried(
+        self, input: RemoveAccountInput, first: datetime, quiet_since: datetime | None
+    ) -> RemoveAccountInput:
+        return input.model_copy(
+            update={
+                "found": self._found,
+                "signalled": self._signalled,
+                "seen": tuple(self._seen)[-CARRIED_IDS:],
+                "first_listing_at": first,
+                "quiet_since": quiet_since,
+                "page_token": self._token,
+            }
+        )
+
+    async def _withdraw_listed(self, input: RemoveAccountInput) -> int:
+        """One pass over the listing, page by page (from ``self._token``: a pass carried
+        over a continue-as-new goes on); ids already seen are not signalled again.
+        The number of new ids."""
+        self._new_in_pass = 0
         while True:
+            if self._signalled_here >= input.signals_per_run or (
+                self._signalled_here and workflow.info().is_continue_as_new_suggested()
+            ):
+                raise _ContinueAsNew
             page: AssessmentPage = await workflow.execute_activity_method(
                 TemporalActivities.account_assessments,
                 AccountPage(
-                    account_id=input.account_id, page_token=token, page_size=input.page_size
+                    account_id=input.account_id, page_token=self._token, page_size=input.page_size
                 ),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=_RETRY,
             )
             new = [w for w in dict.fromkeys(page.workflow_ids) if w not in self._seen]
-            self._seen.update(new)
+            self._seen.update(dict.fromkeys(new))
+            self._found += len(new)
+            self._new_in_pass += len(new)
             reached = await asyncio.gather(*(self._signal(w) for w in new))
             self._signalled += sum(reached)
+            self._signalled_here += len(new)
             workflow.set_current_details(
-                f"**{decisions.ACCOUNT_REMOVED_TEXT}**: {len(self._seen)} running assessments "
+                f"**{decisions.ACCOUNT_REMOVED_TEXT}**: {self._found} running assessments "
                 f"found, {self._signalled} told to withdraw"
             )
-            token = page.next_page_token
-            if token is None:
-                return
+            self._token = page.next_page_token
+            if self._token is None or self._stopped:
+                self._token = None
+                return self._new_in_pass
 
     @staticmethod
     async def _signal(workflow_id: str) -> bool:

@@ -6,6 +6,7 @@ marker in their history, so they continue here, command for command as they
 were recorded (``tests/histories/`` replays them in ``make test``). The retry
 policies are today's (a policy is not part of a workflow's commands): a 401
 while a Lever key is rotated is retried here too.
+Changed since only to know the withdrawal reason ``account_removed``; no recorded path changed.
 
 Delete this module, and the ``patched`` branch, once no execution started
 before the patch can still run: ``expire_after`` + 7 days after the deploy,
@@ -208,7 +209,9 @@ class InvitationV1:
                 final.score, settings.pass_threshold, settings.fail_threshold
             )
             self._verdict, self._score = verdict, final.score
-            if self._withdrawal is not None and self._withdrawal.reason == "deleted":
+            if self._withdrawal is not None and not decisions.withdrawal_writes_lever(
+                self._withdrawal.reason
+            ):
                 self._set_status(Status.COMPLETED)
                 return
             alone = self._input.tests_in_assessment <= 1
@@ -282,7 +285,9 @@ class AssessmentV1:
         if candidate.archived:
             return self._end(Status.NOT_SENT, "the opportunity is archived")
         if self._withdrawal is not None:
-            return self._end(Status.CANCELLED, f"candidate {self._withdrawal.reason}")
+            return self._end(
+                Status.CANCELLED, decisions.withdrawal_reason_text(self._withdrawal.reason)
+            )
 
         settings = input.settings
         names = decisions.names_to_look_up(candidate.tags, settings.default_test)
@@ -299,7 +304,9 @@ class AssessmentV1:
                 lever, decisions.TAG_NO_EMAIL, Status.ERROR, "the candidate has no email address"
             )
         if self._withdrawal is not None:
-            return self._end(Status.CANCELLED, f"candidate {self._withdrawal.reason}")
+            return self._end(
+                Status.CANCELLED, decisions.withdrawal_reason_text(self._withdrawal.reason)
+            )
 
         stale = decisions.stale_tags(candidate.tags)
         if stale:
@@ -338,7 +345,9 @@ class AssessmentV1:
             await self._forward_withdrawal()
         if not started:
             assert self._withdrawal is not None
-            return self._end(Status.CANCELLED, f"candidate {self._withdrawal.reason}")
+            return self._end(
+                Status.CANCELLED, decisions.withdrawal_reason_text(self._withdrawal.reason)
+            )
         self._set_status(Status.INVITED)
         outcomes = await asyncio.gather(*self._children, return_exceptions=True)
         results = [
@@ -347,7 +356,9 @@ class AssessmentV1:
             else InvitationResult(test=test, status=Status.ERROR, error=_error_message(outcome))
             for test, outcome in zip(started, outcomes, strict=True)
         ]
-        reason = None
+        reason = decisions.reason_after_withdrawn_children(
+            self._withdrawal.reason if self._withdrawal is not None else None
+        )
         if len(choice.tests) > 1 and self._withdrawal is None:
             reason = await self._conclude_several_v1(lever, results)
         return self._end(decisions.overall_status(results), reason, tuple(results))

@@ -323,7 +323,10 @@ class Service:
         if not admitted:
             # Genuine retries repeat the body; the signature does not cover it.
             return self._webhook_done(
-                401, account_id, event, "replayed_token",
+                401,
+                account_id,
+                event,
+                "replayed_token",
                 "this delivery's token came before with another body",
             )
         data = body.get("data")
@@ -343,7 +346,11 @@ class Service:
                 account_id, opportunity_id, reason, stage_ids
             )
             return self._webhook_done(
-                202, account_id, event, "withdrawing", None,
+                202,
+                account_id,
+                event,
+                "withdrawing",
+                None,
                 {"status": "withdrawing", "workflow_id": workflow_id},
                 opportunity=opportunity_id,
             )
@@ -358,7 +365,9 @@ class Service:
         try:
             trigger = await accounts.matchers[account_id].match(stage_id)
         except ApiError as exc:
-            log_event(log, "stage lookup failed", logging.WARNING, account=account_id, error=exc.message)
+            log_event(
+                log, "stage lookup failed", logging.WARNING, account=account_id, error=exc.message
+            )
             return error_response(503, "lever_unavailable", "cannot list Lever stages; retry later")
         if trigger is None:
             return self._ignored(account_id, event, "not a trigger stage", opportunity_id)
@@ -373,9 +382,14 @@ class Service:
             )
         )
         return self._webhook_done(
-            202, account_id, event, started.status, None,
+            202,
+            account_id,
+            event,
+            started.status,
+            None,
             {"status": started.status, "workflow_id": started.workflow_id},
-            opportunity=opportunity_id, workflow_id=started.workflow_id,
+            opportunity=opportunity_id,
+            workflow_id=started.workflow_id,
         )
 
     @staticmethod
@@ -389,7 +403,12 @@ class Service:
         self, account_id: str, event: str, reason: str, opportunity: str | None = None
     ) -> Response:
         return self._webhook_done(
-            200, account_id, event, "ignored", None, {"status": "ignored", "reason": reason},
+            200,
+            account_id,
+            event,
+            "ignored",
+            None,
+            {"status": "ignored", "reason": reason},
             opportunity=opportunity,
         )
 
@@ -403,9 +422,17 @@ class Service:
         body: dict[str, Any] | None = None,
         **fields: Any,
     ) -> Response:
-        metrics.WEBHOOKS.labels(account=account_id, event=_event_label(event), outcome=outcome).inc()
-        log_event(log, "lever webhook", account=account_id, lever_event=_loggable(event),
-                  outcome=outcome, **{k: v for k, v in fields.items() if v is not None})
+        metrics.WEBHOOKS.labels(
+            account=account_id, event=_event_label(event), outcome=outcome
+        ).inc()
+        log_event(
+            log,
+            "lever webhook",
+            account=account_id,
+            lever_event=_loggable(event),
+            outcome=outcome,
+            **{k: v for k, v in fields.items() if v is not None},
+        )
         if error is not None:
             code = {401: "bad_signature", 404: "unknown_account"}.get(status, outcome)
             if outcome == "replayed_token":
@@ -436,20 +463,28 @@ class Service:
         # The reference is "assessment:<account>:<opportunity>:<stage>:<test>" (checked above):
         # log who it concerns, so on-call can follow one candidate across webhook and callback.
         _, account_id, opportunity_id, *_ = reference.split(":")
-        log_fields = {"account": account_id, "opportunity": opportunity_id,
-                      "workflow_id": reference, "py_event": event.event}
+        log_fields = {
+            "account": account_id,
+            "opportunity": opportunity_id,
+            "workflow_id": reference,
+            "py_event": event.event,
+        }
         if outcome == "not_found":
             return self._callback_done(404, "not_found", "no such assessment", **log_fields)
         if outcome == "finished":
             return self._callback_done(409, "finished", "the assessment has finished", **log_fields)
         return self._callback_done(202, "signalled", None, **log_fields)
 
-    def _callback_done(self, status: int, outcome: str, error: str | None, **fields: Any) -> Response:
+    def _callback_done(
+        self, status: int, outcome: str, error: str | None, **fields: Any
+    ) -> Response:
         metrics.CALLBACKS.labels(outcome=outcome).inc()
         log_event(log, "py callback", outcome=outcome, **fields)
         if error is not None:
             return error_response(status, outcome, error)
-        return JSONResponse({"status": outcome, "workflow_id": fields.get("workflow_id")}, status_code=status)
+        return JSONResponse(
+            {"status": outcome, "workflow_id": fields.get("workflow_id")}, status_code=status
+        )
 
     # operations ------------------------------------------------------------------------
 
@@ -463,16 +498,15 @@ class Service:
 
     async def metrics(self, request: Request) -> Response:
         # It names every account: with PYLEVER_METRICS_REQUIRE_ADMIN, for the admin token only.
-        if self.settings.metrics_require_admin and (
-            refused := self._require_admin(request, _METRICS_ENDPOINT)
-        ) is not None:
+        if (
+            self.settings.metrics_require_admin
+            and (refused := self._require_admin(request, _METRICS_ENDPOINT)) is not None
+        ):
             return refused
         await self.assessments.scraped()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    def _require_admin(
-        self, request: Request, endpoint: str = _STATUS_ENDPOINT
-    ) -> Response | None:
+    def _require_admin(self, request: Request, endpoint: str = _STATUS_ENDPOINT) -> Response | None:
         """None for the admin token; raises 401 for no or a wrong token; a 429 response while
         the client's budget of wrong tokens is spent. ``endpoint``: the metrics label."""
         expected = self.settings.admin_token
@@ -522,9 +556,16 @@ def _loggable(event: str) -> str:
 
 def _event_label(event: str) -> str:
     known = {
-        "candidateStageChange", "candidateArchiveChange", "candidateDeleted", "candidateHired",
-        "applicationCreated", "interviewCreated", "interviewUpdated", "interviewDeleted",
-        "contactCreated", "contactUpdated",
+        "candidateStageChange",
+        "candidateArchiveChange",
+        "candidateDeleted",
+        "candidateHired",
+        "applicationCreated",
+        "interviewCreated",
+        "interviewUpdated",
+        "interviewDeleted",
+        "contactCreated",
+        "contactUpdated",
     }
     return event if event in known else "other"
 
@@ -561,7 +602,9 @@ async def connect_temporal(settings: Settings, converter: Any) -> Client:
         namespace=settings.temporal_namespace,
         data_converter=converter,
         lazy=True,
-        retry_config=RetryConfig(max_retries=2, initial_interval_millis=100, max_interval_millis=500),
+        retry_config=RetryConfig(
+            max_retries=2, initial_interval_millis=100, max_interval_millis=500
+        ),
     )
 
 
@@ -591,10 +634,13 @@ def create_app(
     codec = codec_from_env({"PYLEVER_PAYLOAD_KEYS": settings.payload_keys or ""})
     converter = data_converter(codec)
     owned_lever = lever_clients is None
-    levers = dict(lever_clients or {
-        a.id: LeverClient(a.lever_api_url, a.lever_api_key.get_secret_value())
-        for a in config.accounts
-    })
+    levers = dict(
+        lever_clients
+        or {
+            a.id: LeverClient(a.lever_api_url, a.lever_api_key.get_secret_value())
+            for a in config.accounts
+        }
+    )
     matchers = {a.id: TriggerMatcher(a, levers[a.id]) for a in config.accounts}
     if loaded_mtime is None:
         loaded_mtime = config_mtime(settings.config_path)
@@ -632,10 +678,16 @@ def create_app(
             await service.aclose()
 
     admin_throttle = AdminThrottle()  # wrong admin tokens per client: /codec and status
-    codec_extra = codec_routes(
-        codec, admin_token=settings.admin_token or "", cors_origins=settings.ui_origins,
-        throttle=admin_throttle,
-    ) if settings.admin_token else []
+    codec_extra = (
+        codec_routes(
+            codec,
+            admin_token=settings.admin_token or "",
+            cors_origins=settings.ui_origins,
+            throttle=admin_throttle,
+        )
+        if settings.admin_token
+        else []
+    )
     app = Starlette(
         routes=build_routes(codec_extra),
         lifespan=lifespan,

@@ -49,9 +49,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     def line(cells: Sequence[str]) -> str:
         return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)).rstrip()
 
-    return "\n".join(
-        [line(headers), line(["-" * w for w in widths]), *(line(row) for row in rows)]
-    )
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(row) for row in rows)])
 
 
 def _result_text(result: CheckResult) -> str:
@@ -102,7 +100,9 @@ def cmd_check(_: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     )
     problems = sum(1 for r in results if r.outcome == "problem")
     if problems:
-        print(f"\n{problems} problem{'s' if problems > 1 else ''} in {len(results)} checks", file=out)
+        print(
+            f"\n{problems} problem{'s' if problems > 1 else ''} in {len(results)} checks", file=out
+        )
         return EXIT_PROBLEM
     print(f"\nall {len(results)} checks passed", file=out)
     return EXIT_OK
@@ -119,8 +119,19 @@ def render_status(body: Mapping[str, Any]) -> str:
     )
     if not rows:
         return head + "\n(none: Temporal holds no assessment of this candidate)"
-    headers = ["kind", "test", "status", "verdict", "score", "invitation", "sent", "next check",
-               "started", "closed", "problem"]
+    headers = [
+        "kind",
+        "test",
+        "status",
+        "verdict",
+        "score",
+        "invitation",
+        "sent",
+        "next check",
+        "started",
+        "closed",
+        "problem",
+    ]
     cells = [
         [
             _text(r.get("kind")),
@@ -181,7 +192,9 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     base = (os.environ.get("PYLEVER_API_URL") or DEFAULT_API_URL).rstrip("/")
     url = f"{base}/accounts/{quote(args.account, safe='')}/candidates/{quote(args.opportunity, safe='')}"
     try:
-        response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=args.timeout)
+        response = httpx.get(
+            url, headers={"Authorization": f"Bearer {token}"}, timeout=args.timeout
+        )
     except httpx.HTTPError as exc:
         print(f"py-lever status: cannot reach the API at {base}: {type(exc).__name__}", file=err)
         return EXIT_PROBLEM
@@ -275,8 +288,11 @@ async def _temporal(settings: Any) -> Any:
     from pylever.codec import PayloadKeyError, codec_from_env, data_converter
 
     try:
-        codec = codec_from_env({"PYLEVER_PAYLOAD_KEYS": settings.payload_keys}) \
-            if settings.payload_keys else None
+        codec = (
+            codec_from_env({"PYLEVER_PAYLOAD_KEYS": settings.payload_keys})
+            if settings.payload_keys
+            else None
+        )
     except (PayloadKeyError, ValueError) as exc:
         raise _CommandError(f"configuration error: {exc}", EXIT_USAGE) from None
     try:
@@ -478,7 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def main(
+    argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+) -> int:
     args = build_parser().parse_args(argv)
     return int(args.handler(args, out, err))
 

@@ -64,7 +64,12 @@ from workflows.withdraw import WithdrawCandidateWorkflow
 
 log = logging.getLogger("pylever.worker")
 
-WORKFLOWS = [AssessmentWorkflow, InvitationWorkflow, WithdrawCandidateWorkflow, RemoveAccountWorkflow]
+WORKFLOWS = [
+    AssessmentWorkflow,
+    InvitationWorkflow,
+    WithdrawCandidateWorkflow,
+    RemoveAccountWorkflow,
+]
 GRACEFUL_SHUTDOWN = timedelta(seconds=45)
 
 
@@ -145,9 +150,7 @@ class Workers:
         removed_account: Callable[[str], bool] | None = None,
         **worker_options: Any,
     ) -> None:
-        self.lever = LeverActivities(
-            levers, on_unknown=on_unknown_account, removed=removed_account
-        )
+        self.lever = LeverActivities(levers, on_unknown=on_unknown_account, removed=removed_account)
         self.py = PyActivities(py, config.callback_url)
         temporal = TemporalActivities(client)
         self.options: dict[str, Any] = {"graceful_shutdown_timeout": GRACEFUL_SHUTDOWN,

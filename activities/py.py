@@ -60,8 +60,7 @@ def _record(invitation: Invitation) -> InvitationRecord:
     breaches = _contract_breaches(invitation)
     if breaches:
         raise ApplicationError(
-            f"Py contract error: invitation {invitation.id} is completed "
-            + " and ".join(breaches),
+            f"Py contract error: invitation {invitation.id} is completed " + " and ".join(breaches),
             type=PY_CONTRACT_ERROR,
             non_retryable=True,
         )

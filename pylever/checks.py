@@ -86,19 +86,30 @@ async def log_check_problems(
     try:
         results = await run_checks(config, **clients)  # type: ignore[arg-type]
     except Exception as exc:  # the checks must never stop the worker
-        log_event(logger, "startup checks failed to run", logging.WARNING,
-                  error=f"{type(exc).__name__}: {exc}")
+        log_event(
+            logger,
+            "startup checks failed to run",
+            logging.WARNING,
+            error=f"{type(exc).__name__}: {exc}",
+        )
         return []
     problems = [r for r in results if r.outcome == "problem"]
     for result in problems:
         log_event(
-            logger, "startup check failed", logging.WARNING,
-            account=result.account, check=result.check, target=result.target,
+            logger,
+            "startup check failed",
+            logging.WARNING,
+            account=result.account,
+            check=result.check,
+            target=result.target,
             problem=result.detail,
         )
     log_event(
-        logger, "startup checks done", logging.WARNING if problems else logging.INFO,
-        checks=len(results), problems=len(problems),
+        logger,
+        "startup checks done",
+        logging.WARNING if problems else logging.INFO,
+        checks=len(results),
+        problems=len(problems),
     )
     return results
 
@@ -207,9 +218,11 @@ async def _check_account(
         if stage_id is None:
             results.append(
                 CheckResult(
-                    account.id, check, target, "problem",
-                    "neither the id nor the exact name of a stage in Lever's GET /stages"
-                    + where,
+                    account.id,
+                    check,
+                    target,
+                    "problem",
+                    "neither the id nor the exact name of a stage in Lever's GET /stages" + where,
                 )
             )
         else:
@@ -224,21 +237,30 @@ async def _check_account(
         if py_tests is None:
             results.append(
                 CheckResult(
-                    account.id, "default test", trigger.default_test, "skipped",
+                    account.id,
+                    "default test",
+                    trigger.default_test,
+                    "skipped",
                     "Py tests not readable",
                 )
             )
         elif trigger.default_test in names:
             results.append(
                 CheckResult(
-                    account.id, "default test", trigger.default_test, "ok",
+                    account.id,
+                    "default test",
+                    trigger.default_test,
+                    "ok",
                     names[trigger.default_test],
                 )
             )
         else:
             results.append(
                 CheckResult(
-                    account.id, "default test", trigger.default_test, "problem",
+                    account.id,
+                    "default test",
+                    trigger.default_test,
+                    "problem",
                     "no Py test has exactly this name in GET /v1/tests"
                     f" (trigger {trigger.stage!r})",
                 )

@@ -219,7 +219,9 @@ class Account(_Model):
             try:
                 _check_thresholds(*self.thresholds(trigger))
             except ValueError as exc:
-                raise ValueError(f"trigger {trigger.stage!r} with the account's thresholds: {exc}") from None
+                raise ValueError(
+                    f"trigger {trigger.stage!r} with the account's thresholds: {exc}"
+                ) from None
         stages = [t.stage for t in self.triggers]
         duplicates = sorted({s for s in stages if stages.count(s) > 1})
         if duplicates:
@@ -228,8 +230,12 @@ class Account(_Model):
 
     def thresholds(self, trigger: Trigger) -> tuple[float | None, float | None]:
         """(pass, fail) for a trigger: the trigger's own, else the account's."""
-        pass_t = trigger.pass_threshold if trigger.pass_threshold is not None else self.pass_threshold
-        fail_t = trigger.fail_threshold if trigger.fail_threshold is not None else self.fail_threshold
+        pass_t = (
+            trigger.pass_threshold if trigger.pass_threshold is not None else self.pass_threshold
+        )
+        fail_t = (
+            trigger.fail_threshold if trigger.fail_threshold is not None else self.fail_threshold
+        )
         return pass_t, fail_t
 
     def signature_tokens(self) -> list[str]:
@@ -292,7 +298,9 @@ def _location(loc: tuple[Any, ...], data: Mapping[str, Any]) -> str:
             if isinstance(node, list) and 0 <= item < len(node) and isinstance(node[item], dict):
                 element = node[item]
                 name = element.get("id") or element.get("stage") or ""
-            parts[-1] = f"{parts[-1]}[{item}]" + (f" ({name})" if name else "") if parts else str(item)
+            parts[-1] = (
+                f"{parts[-1]}[{item}]" + (f" ({name})" if name else "") if parts else str(item)
+            )
             node = node[item] if isinstance(node, list) and 0 <= item < len(node) else None
         else:
             parts.append(str(item))

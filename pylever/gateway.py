@@ -278,7 +278,9 @@ class Gateway:
                     {
                         "workflow_id": wf.id,
                         "run_id": wf.run_id,
-                        "kind": "invitation" if wf.workflow_type == "InvitationWorkflow" else "assessment",
+                        "kind": "invitation"
+                        if wf.workflow_type == "InvitationWorkflow"
+                        else "assessment",
                         "stage_id": attrs.get(sa.LEVER_STAGE_ID),
                         "test": attrs.get(sa.PY_TEST),
                         "status": attrs.get(sa.PY_STATUS),

@@ -324,7 +324,11 @@ class ApiTransport:
         cls = error_class(status)
         if cls is RateLimitedError:
             return RateLimitedError(
-                text, retry_after=retry_after, service=self.service, status=status, code=code,
+                text,
+                retry_after=retry_after,
+                service=self.service,
+                status=status,
+                code=code,
                 summary=summary,
             )
         return cls(text, service=self.service, status=status, code=code, summary=summary)

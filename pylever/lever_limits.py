@@ -134,5 +134,11 @@ async def apply_lever_limits(
     return change
 
 
-__all__ = ["DEFAULT_RPS", "LeverLimits", "LimitChange", "apply_lever_limits", "lever_limits",
-           "limit_change"]
+__all__ = [
+    "DEFAULT_RPS",
+    "LeverLimits",
+    "LimitChange",
+    "apply_lever_limits",
+    "lever_limits",
+    "limit_change",
+]

@@ -85,7 +85,14 @@ ASSESSMENTS = Gauge(
 )
 
 ASSESSMENT_STATUSES = (
-    "resolving", "invited", "started", "completed", "expired", "cancelled", "not_sent", "error",
+    "resolving",
+    "invited",
+    "started",
+    "completed",
+    "expired",
+    "cancelled",
+    "not_sent",
+    "error",
 )
 ASSESSMENTS_TTL = 30.0  # seconds between two visibility counts of ``ASSESSMENTS``
 FIRST_COUNT_WAIT = 2.5  # seconds a scrape waits for the very first count (rpc timeout 2 s)

@@ -117,9 +117,7 @@ class ConfigReloader:
                 await self._apply(old, new, changes)
             except Exception as exc:
                 message = str(exc)[:_MAX_ERROR]
-                return self._failed(
-                    f"configuration not applied: {type(exc).__name__}: {message}"
-                )
+                return self._failed(f"configuration not applied: {type(exc).__name__}: {message}")
             self.current = new
             metrics.CONFIG_RELOADS.labels(process=self.process, result="ok").inc()
             metrics.CONFIG_LOADED.labels(process=self.process).set_to_current_time()

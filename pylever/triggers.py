@@ -65,8 +65,13 @@ class TriggerMatcher:
                     if self._due():
                         await self._refresh()
             except ApiError as exc:
-                log_event(log, "stage lookup failed", logging.WARNING,
-                          account=self.account.id, error=exc.summary)
+                log_event(
+                    log,
+                    "stage lookup failed",
+                    logging.WARNING,
+                    account=self.account.id,
+                    error=exc.summary,
+                )
         return sorted(
             {*(t.stage for t in self.account.triggers if _looks_like_id(t.stage)), *self._resolved}
         )
@@ -86,10 +91,17 @@ class TriggerMatcher:
             if stage_id is not None:
                 resolved[stage_id] = trigger
         ids = {stage.id for stage in stages}
-        unknown = sorted(t.stage for t in self._names if t.stage not in by_text and t.stage not in ids)
+        unknown = sorted(
+            t.stage for t in self._names if t.stage not in by_text and t.stage not in ids
+        )
         if unknown:
-            log_event(log, "trigger stage not found in Lever", logging.WARNING,
-                      account=self.account.id, stages=unknown)
+            log_event(
+                log,
+                "trigger stage not found in Lever",
+                logging.WARNING,
+                account=self.account.id,
+                stages=unknown,
+            )
         self._resolved = resolved
         self._refreshed_at = self._clock()
 

@@ -133,9 +133,7 @@ def serve_worker_metrics(environ: Mapping[str, str]) -> WorkerMetrics | None:
         sdk_host, sdk_port = parse_address(sdk_address)
     except ValueError as exc:
         raise ValueError(f"PYLEVER_WORKER_SDK_METRICS_ADDRESS: {exc}") from None
-    runtime = Runtime(
-        telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=sdk_address))
-    )
+    runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=sdk_address)))
     if sdk_host in ("0.0.0.0", "::"):
         sdk_host = "127.0.0.1"
     sdk_url = f"http://{f'[{sdk_host}]' if ':' in sdk_host else sdk_host}:{sdk_port}/metrics"

@@ -314,7 +314,9 @@ def sandbox_routes(
 
 
 def counted(
-    stats: RequestStats, endpoint: str | None, respond: Callable[[Request, Handler], Awaitable[Response]],
+    stats: RequestStats,
+    endpoint: str | None,
+    respond: Callable[[Request, Handler], Awaitable[Response]],
     handler: Handler,
 ) -> Handler:
     """An API handler that counts its answers by endpoint template and status."""

@@ -96,7 +96,9 @@ async def tour(demo: Demo, fast: bool) -> None:
     await demo.complete(invitation["id"], 92)
     show("after Py's result", await demo.wait_tag(ada, "Py - Pass"))
 
-    print("2. Linus has the tag 'Algorithms' (a Py test name): it overrides the default; 55 -> Needs Review")
+    print(
+        "2. Linus has the tag 'Algorithms' (a Py test name): it overrides the default; 55 -> Needs Review"
+    )
     linus = await demo.candidate("Linus Torvalds", "linus@example.com", ["Algorithms"])
     await demo.move(linus, "Py Assessment")
     await demo.wait_tag(linus, "Py - Invited")
@@ -115,7 +117,9 @@ async def tour(demo: Demo, fast: bool) -> None:
     hook = await demo.move(edsger, "Phone screen")
     print(f"   webhook answered {hook['status']} {hook['body']}")
 
-    print("5. Barbara enters 'Technical Screen' (reminder after 20 s, expiry after 40 s) and never finishes")
+    print(
+        "5. Barbara enters 'Technical Screen' (reminder after 20 s, expiry after 40 s) and never finishes"
+    )
     barbara = await demo.candidate("Barbara Liskov", "barbara@example.com", [])
     await demo.move(barbara, "Technical Screen")
     show("after the webhook", await demo.wait_tag(barbara, "Py - Invited"))
@@ -124,13 +128,17 @@ async def tour(demo: Demo, fast: bool) -> None:
     else:
         print("   waiting about 20 s for the reminder ...", flush=True)
         invitation = await demo.wait_reminders(barbara, 1)
-        print(f"   Py invitation: status {invitation['status']}, reminders sent: "
-              f"{invitation['reminders']}")
+        print(
+            f"   Py invitation: status {invitation['status']}, reminders sent: "
+            f"{invitation['reminders']}"
+        )
         print("   waiting about 20 s more for the expiry ...", flush=True)
         show("after expire_after", await demo.wait_tag(barbara, "Py - Expired", within=90))
         invitation = await demo.invitation_for(barbara)
-        print(f"   Py invitation: status {invitation['status']}, reminders sent: "
-              f"{invitation['reminders']}")
+        print(
+            f"   Py invitation: status {invitation['status']}, reminders sent: "
+            f"{invitation['reminders']}"
+        )
     print("\nOpen the Temporal UI at http://127.0.0.1:8233 to see every assessment.")
 
 

@@ -84,7 +84,6 @@ VERIFY_EVENT = "candidateStageChange"
 MAX_LIMIT = 100
 
 
-
 class LeverError(Exception):
     """Answered as Lever does: ``{"code": ..., "message": ...}`` with ``status``."""
 
@@ -495,7 +494,10 @@ class LeverSandbox:
             ("POST", "/webhooks/deliveries/{n:int}/rerun", self._c_rerun),
         ]
         routes = sandbox_routes(
-            api, control, wrap_api=self._api, wrap_control=self._control,
+            api,
+            control,
+            wrap_api=self._api,
+            wrap_control=self._control,
             unknown=self._unknown_endpoint,
         )
         return routes

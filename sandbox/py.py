@@ -67,7 +67,6 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 CONTRACT_FIELDS = frozenset({"score", "report_url"})
 
 
-
 class PyError(Exception):
     """Answered as Py does: ``{"error": {"code": ..., "message": ...}}`` with ``status``."""
 
@@ -359,7 +358,10 @@ class PySandbox:
             ("GET", "/callbacks", self._c_callbacks),
         ]
         routes = sandbox_routes(
-            api, control, wrap_api=self._api, wrap_control=self._control,
+            api,
+            control,
+            wrap_api=self._api,
+            wrap_control=self._control,
             unknown=self._unknown_endpoint,
         )
         routes += [
@@ -543,9 +545,7 @@ class PySandbox:
             or not all(isinstance(f, str) for f in omit)
             or not set(omit) <= CONTRACT_FIELDS
         ):
-            raise BadBody(
-                "'omit' must be a list of fields to leave null: 'score', 'report_url'"
-            )
+            raise BadBody("'omit' must be a list of fields to leave null: 'score', 'report_url'")
         if "score" in omit:
             score = None
         elif not is_number(score) or not 0 <= score <= 100:

@@ -130,21 +130,34 @@ def main() -> int:
         temporal = stack.start(
             "Temporal dev server",
             [
-                str(BIN / "temporal"), "server", "start-dev",
-                "--ip", "127.0.0.1",
-                "--port", str(temporal_port),
-                "--ui-port", str(ui_port),
-                "--db-filename", str(data / "temporal.db"),
-                "--sqlite-pragma", "journal_mode=wal",
-                "--sqlite-pragma", "synchronous=normal",
+                str(BIN / "temporal"),
+                "server",
+                "start-dev",
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                str(temporal_port),
+                "--ui-port",
+                str(ui_port),
+                "--db-filename",
+                str(data / "temporal.db"),
+                "--sqlite-pragma",
+                "journal_mode=wal",
+                "--sqlite-pragma",
+                "synchronous=normal",
                 # One partition per task queue, as deploy/dynamicconfig sets: the server
                 # splits a queue's rate limit between partitions (the Lever queue sags).
-                "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
-                "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
+                "--dynamic-config-value",
+                "matching.numTaskqueueReadPartitions=1",
+                "--dynamic-config-value",
+                "matching.numTaskqueueWritePartitions=1",
                 # Each account's tasks served in turn (task-queue fairness), as in production.
-                "--dynamic-config-value", "matching.enableFairness=true",
-                "--ui-codec-endpoint", f"http://127.0.0.1:{api_port}/codec",
-                "--log-level", "warn",
+                "--dynamic-config-value",
+                "matching.enableFairness=true",
+                "--ui-codec-endpoint",
+                f"http://127.0.0.1:{api_port}/codec",
+                "--log-level",
+                "warn",
             ],
             env,
         )
@@ -156,9 +169,15 @@ def main() -> int:
                 stack.start(
                     f"Lever sandbox :{url.port}",
                     [
-                        sys.executable, "-m", "sandbox.lever",
-                        "--host", "127.0.0.1", "--port", str(url.port),
-                        "--webhook-url", f"http://127.0.0.1:{api_port}/webhooks/lever/{account.id}",
+                        sys.executable,
+                        "-m",
+                        "sandbox.lever",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(url.port),
+                        "--webhook-url",
+                        f"http://127.0.0.1:{api_port}/webhooks/lever/{account.id}",
                     ],
                     {
                         **env,
@@ -166,14 +185,21 @@ def main() -> int:
                         "LEVER_SANDBOX_SIGNATURE_TOKEN": account.signature_tokens()[0],
                     },
                 )
-                sandboxes.append(f"Lever sandbox    http://127.0.0.1:{url.port}  (account {account.id})")
+                sandboxes.append(
+                    f"Lever sandbox    http://127.0.0.1:{url.port}  (account {account.id})"
+                )
         py_url = urlparse(config.py.api_url)
         if py_url.hostname in LOCAL_HOSTS and py_url.port:
             stack.start(
                 f"Py sandbox :{py_url.port}",
                 [
-                    sys.executable, "-m", "sandbox.py",
-                    "--host", "127.0.0.1", "--port", str(py_url.port),
+                    sys.executable,
+                    "-m",
+                    "sandbox.py",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(py_url.port),
                 ],
                 {
                     **env,
@@ -187,10 +213,18 @@ def main() -> int:
         api = stack.start(
             "API",
             [
-                sys.executable, "-m", "uvicorn", "api:app",
-                "--host", "127.0.0.1", "--port", str(api_port), "--no-access-log",
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(api_port),
+                "--no-access-log",
                 # uvicorn's h11 with a header timeout (pylever/http_server.py)
-                "--http", "pylever.http_server:TimedH11Protocol",
+                "--http",
+                "pylever.http_server:TimedH11Protocol",
             ],
             env,
         )
@@ -199,7 +233,7 @@ def main() -> int:
             "",
             "py-lever is running:",
             f"  API              http://127.0.0.1:{api_port}  (/healthz, /readyz, /metrics)",
-            f"  Temporal UI      http://127.0.0.1:{ui_port}  (filter: PyStatus=\"invited\")",
+            f'  Temporal UI      http://127.0.0.1:{ui_port}  (filter: PyStatus="invited")',
             f"  payloads in UI   sign in at http://127.0.0.1:{api_port}/codec/login with the admin"
             " token (use 127.0.0.1, not localhost)",
             f"  Temporal gRPC    127.0.0.1:{temporal_port}",

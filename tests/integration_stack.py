@@ -73,11 +73,17 @@ def stack_config(api_url: str, acme_lever: str, globex_lever: str, py_url: str) 
                     "fail_threshold": 40,
                     "triggers": [
                         # by name, default test, moves on pass
-                        {"stage": "Py Assessment", "default_test": "Python Basics",
-                         "move_on_pass": ON_SITE},
+                        {
+                            "stage": "Py Assessment",
+                            "default_test": "Python Basics",
+                            "move_on_pass": ON_SITE,
+                        },
                         # by id, no default test, its own thresholds
-                        {"stage": TECHNICAL_SCREEN_STAGE_ID, "pass_threshold": 70,
-                         "fail_threshold": 50},
+                        {
+                            "stage": TECHNICAL_SCREEN_STAGE_ID,
+                            "pass_threshold": 70,
+                            "fail_threshold": 50,
+                        },
                     ],
                 },
                 {
@@ -101,8 +107,14 @@ class Servers:
 
     async def serve(self, app: Any, port: int) -> str:
         server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                           http="pylever.http_server:TimedH11Protocol")  # as deployed
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+                lifespan="on",
+                http="pylever.http_server:TimedH11Protocol",
+            )  # as deployed
         )
         task = asyncio.create_task(server.serve())
         self._servers.append((server, task))
@@ -263,7 +275,11 @@ async def running_stack(
         await servers.serve(api_app, api_port)
         async with external_clients(config) as (levers, py_client):
             workers = Workers(
-                client, config, task_queue, levers, py_client,
+                client,
+                config,
+                task_queue,
+                levers,
+                py_client,
                 graceful_shutdown_timeout=timedelta(seconds=1),
             ).workers
             async with contextlib.AsyncExitStack() as stack:
@@ -280,5 +296,12 @@ async def running_stack(
         await env.shutdown()
 
 
-__all__ = ["ADMIN_TOKEN", "ON_SITE", "PY_ASSESSMENT_STAGE_ID", "SECRETS", "Stack",
-           "TECHNICAL_SCREEN_STAGE_ID", "running_stack"]
+__all__ = [
+    "ADMIN_TOKEN",
+    "ON_SITE",
+    "PY_ASSESSMENT_STAGE_ID",
+    "SECRETS",
+    "Stack",
+    "TECHNICAL_SCREEN_STAGE_ID",
+    "running_stack",
+]

@@ -22,8 +22,11 @@ from sandbox.py import build_callback
 from tests.integration_stack import ADMIN_TOKEN, SECRETS, Stack
 from workflows import decisions
 
-PY_TESTS = {"Python Basics": "tst_python_basics", "SQL Fundamentals": "tst_sql",
-            "Algorithms": "tst_algorithms"}
+PY_TESTS = {
+    "Python Basics": "tst_python_basics",
+    "SQL Fundamentals": "tst_sql",
+    "Algorithms": "tst_algorithms",
+}
 
 
 # --- the API's answers ------------------------------------------------------------------
@@ -109,7 +112,11 @@ def assessment_id(account: str, opp_id: str, stage_id: str) -> str:
 
 
 async def post_callback(
-    stack: Stack, event: str, invitation: dict, *, timestamp: int | None = None,
+    stack: Stack,
+    event: str,
+    invitation: dict,
+    *,
+    timestamp: int | None = None,
     secret: str = SECRETS["callback_secret"],
 ) -> httpx.Response:
     raw, headers = build_callback(secret, event, invitation, timestamp=timestamp)

@@ -78,8 +78,8 @@ def test_ten_wrong_tokens_then_refused_until_one_refills() -> None:
 
 def test_an_ipv6_client_is_one_client_per_64_and_mapped_ipv4_is_ipv4() -> None:
     """Otherwise one host with a /64 gets a fresh allowance from each of its addresses."""
-    assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9") == (
-        "2001:db8:1:2::/64"
+    assert (
+        client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9") == ("2001:db8:1:2::/64")
     )
     assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
     assert client_key("::ffff:192.0.2.7") == "192.0.2.7"
@@ -198,7 +198,9 @@ async def test_status_endpoint_throttles_wrong_bearer_tokens() -> None:
             await http.get("/accounts/acme/candidates/opp", headers=bearer("guess-again"))
         )
         # the right token is refused too: the guesser cannot tell
-        assert_throttled(await http.get("/accounts/nope/candidates/opp", headers=bearer(ADMIN_TOKEN)))
+        assert_throttled(
+            await http.get("/accounts/nope/candidates/opp", headers=bearer(ADMIN_TOKEN))
+        )
         # one budget for every admin-token check: the codec endpoints and the login too
         assert_throttled(
             await http.post("/codec/decode", json={"payloads": []}, headers=bearer(ADMIN_TOKEN))
@@ -215,13 +217,17 @@ async def test_codec_login_and_bearer_throttle_and_right_tokens_spend_nothing() 
     async with api("203.0.113.7", "198.51.100.4") as [http, other]:
         for _ in range(30):  # right tokens never spend the budget
             assert (await http.post("/codec/login", json={"token": ADMIN_TOKEN})).status_code == 200
-            ok = await http.post("/codec/encode", json={"payloads": []}, headers=bearer(ADMIN_TOKEN))
+            ok = await http.post(
+                "/codec/encode", json={"payloads": []}, headers=bearer(ADMIN_TOKEN)
+            )
             assert ok.status_code == 200
         http.cookies.clear()
         for n in range(5):
             assert (await http.post("/codec/login", data={"token": f"g{n}"})).status_code == 401
         for n in range(5):
-            response = await http.post("/codec/encode", json={"payloads": []}, headers=bearer(f"g{n}"))
+            response = await http.post(
+                "/codec/encode", json={"payloads": []}, headers=bearer(f"g{n}")
+            )
             assert response.status_code == 401
         assert_throttled(await http.post("/codec/login", json={"token": ADMIN_TOKEN}))
         assert_throttled(
@@ -288,7 +294,10 @@ async def uvicorn_api(tmp_path: Path) -> AsyncIterator[tuple[str, ManagedProcess
 
 
 async def test_guessing_the_running_api_is_throttled(tmp_path: Path) -> None:
-    async with uvicorn_api(tmp_path) as (url, proc), httpx.AsyncClient(base_url=url, timeout=10) as http:
+    async with (
+        uvicorn_api(tmp_path) as (url, proc),
+        httpx.AsyncClient(base_url=url, timeout=10) as http,
+    ):
         answers = await asyncio.gather(
             *(http.post("/codec/login", data={"token": f"guess-{n}"}) for n in range(40))
         )
@@ -317,10 +326,15 @@ async def test_guessing_the_running_api_is_throttled(tmp_path: Path) -> None:
 
 async def test_a_large_encode_does_not_stall_the_running_api(tmp_path: Path) -> None:
     """Issue 11: an authenticated 16 MiB encode held every other request for 7.6 s."""
-    payload = json_format.MessageToDict(Payload(metadata={"encoding": b"json/plain"}, data=b"x" * 60))
+    payload = json_format.MessageToDict(
+        Payload(metadata={"encoding": b"json/plain"}, data=b"x" * 60)
+    )
     body = json.dumps({"payloads": [payload] * 29_900}).encode()
     assert 3.5 * 2**20 < len(body) <= 4 * 2**20
-    async with uvicorn_api(tmp_path) as (url, _), httpx.AsyncClient(base_url=url, timeout=30) as http:
+    async with (
+        uvicorn_api(tmp_path) as (url, _),
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
         too_big = await http.post(
             "/codec/encode", content=b" " * (4 * 2**20 + 1), headers=bearer(ADMIN_TOKEN)
         )

@@ -30,9 +30,14 @@ async def invited(stack: Stack, name: str) -> tuple[str, str, dict[str, Any]]:
 
 
 def completed(invitation: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    return {**invitation, "status": "completed", "score": 88,
-            "report_url": f"https://py.example/reports/{invitation['id']}",
-            "completed_at": "2030-01-01T00:00:00Z", **changes}
+    return {
+        **invitation,
+        "status": "completed",
+        "score": 88,
+        "report_url": f"https://py.example/reports/{invitation['id']}",
+        "completed_at": "2030-01-01T00:00:00Z",
+        **changes,
+    }
 
 
 async def assert_still_waiting(stack: Stack, opp: str, workflow_id: str) -> None:
@@ -55,23 +60,35 @@ async def test_bad_or_stale_signatures_are_401(stack: Stack) -> None:
     cases = {
         "wrong secret": await post_callback(stack, "invitation.completed", body, secret="nope"),
         "Lever's token as secret": await post_callback(
-            stack, "invitation.completed", body, secret=SECRETS["acme_token"]),
+            stack, "invitation.completed", body, secret=SECRETS["acme_token"]
+        ),
         "stale (301 s)": await post_callback(
-            stack, "invitation.completed", body, timestamp=now - 301),
+            stack, "invitation.completed", body, timestamp=now - 301
+        ),
         "an hour old": await post_callback(
-            stack, "invitation.completed", body, timestamp=now - 3600),
+            stack, "invitation.completed", body, timestamp=now - 3600
+        ),
         "from the future": await post_callback(
-            stack, "invitation.completed", body, timestamp=now + 600),
+            stack, "invitation.completed", body, timestamp=now + 600
+        ),
         "missing header": await stack.http.post(
-            url, content=raw, headers={"Content-Type": "application/json"}),
+            url, content=raw, headers={"Content-Type": "application/json"}
+        ),
         "malformed header": await stack.http.post(
-            url, content=raw, headers={"Py-Signature": "v1=abc"}),
+            url, content=raw, headers={"Py-Signature": "v1=abc"}
+        ),
         "body changed after signing": await stack.http.post(
-            url, content=raw.replace(b"88", b"99"), headers=headers),
+            url, content=raw.replace(b"88", b"99"), headers=headers
+        ),
         "timestamp changed after signing": await stack.http.post(
-            url, content=raw,
-            headers={"Py-Signature": headers["Py-Signature"].replace(
-                headers["Py-Signature"].split(",")[0], f"t={now - 1}")}),
+            url,
+            content=raw,
+            headers={
+                "Py-Signature": headers["Py-Signature"].replace(
+                    headers["Py-Signature"].split(",")[0], f"t={now - 1}"
+                )
+            },
+        ),
     }
     for name, response in cases.items():
         assert response.status_code == 401, (name, response.text)
@@ -130,13 +147,15 @@ async def test_invalid_completed_callbacks_are_422_and_change_nothing(stack: Sta
     raw = json.dumps({"event": "invitation.completed", "invitation": completed(invitation)})
     raw = raw.replace('"score": 88', '"score": 1e999').encode()
     response = await stack.http.post(
-        f"{stack.api_url}/callbacks/py", content=raw,
+        f"{stack.api_url}/callbacks/py",
+        content=raw,
         headers={"Py-Signature": py_signature_header(SECRET, raw)},
     )
     assert_error(response, 422, "invalid_score")
     for raw in (b"{", b"[]", b'{"score": NaN}'):
         response = await stack.http.post(
-            f"{stack.api_url}/callbacks/py", content=raw,
+            f"{stack.api_url}/callbacks/py",
+            content=raw,
             headers={"Py-Signature": py_signature_header(SECRET, raw)},
         )
         assert_error(response, 400, "invalid_json")
@@ -155,7 +174,7 @@ async def test_callback_body_over_one_mib_is_413(stack: Stack, streamed: bool) -
 
     async def chunks() -> Any:
         for start in range(0, len(raw), 65536):
-            yield raw[start:start + 65536]
+            yield raw[start : start + 65536]
 
     response = await stack.http.post(
         f"{stack.api_url}/callbacks/py",
@@ -189,7 +208,9 @@ async def test_callback_for_a_finished_assessment_is_409(stack: Stack) -> None:
     opp, workflow_id, invitation = await invited(stack, "Fin Ished")
     await stack.py.complete(invitation["id"], 95)
     await stack.result(workflow_id)
-    again = await post_callback(stack, "invitation.completed", stack.py.invitation(invitation["id"]))
+    again = await post_callback(
+        stack, "invitation.completed", stack.py.invitation(invitation["id"])
+    )
     assert_error(again, 409, "finished")
     late_start = await post_callback(stack, "invitation.started", invitation)
     assert_error(late_start, 409, "finished")

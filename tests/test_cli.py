@@ -259,8 +259,13 @@ async def test_check_exits_2_on_a_bad_config(sandboxes: Sandboxes, tmp_path: Pat
 
 
 def test_render_status_shows_what_a_running_assessment_waits_for() -> None:
-    row = {"kind": "invitation", "test": "Python Basics", "status": "invited",
-           "workflow_id": "invitation:acme:opp-1:stage:1", "execution_status": "running"}
+    row = {
+        "kind": "invitation",
+        "test": "Python Basics",
+        "status": "invited",
+        "workflow_id": "invitation:acme:opp-1:stage:1",
+        "execution_status": "running",
+    }
     body = {
         "account_id": "acme",
         "opportunity_id": "opp-1",
@@ -289,7 +294,6 @@ def test_render_status_shows_what_a_running_assessment_waits_for() -> None:
     plain = render_status({**body, "assessments": [{**row, "waiting": None}]})
     assert "waiting for" not in plain and "retrying" not in plain
     assert waiting_text({"activity": "lever.move_to_stage"}) == "waiting for Lever"
-
 
 
 async def completed_candidate(stack: Stack) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -324,8 +328,20 @@ async def test_status_prints_the_candidates_assessments(stack: Stack) -> None:
     assert f"account acme  opportunity {opp}  2 assessments" in run.out
     lines = run.out.splitlines()
     header = next(line for line in lines if line.startswith("kind"))
-    assert header.split() == ["kind", "test", "status", "verdict", "score", "invitation", "sent",
-                              "next", "check", "started", "closed", "problem"]
+    assert header.split() == [
+        "kind",
+        "test",
+        "status",
+        "verdict",
+        "score",
+        "invitation",
+        "sent",
+        "next",
+        "check",
+        "started",
+        "closed",
+        "problem",
+    ]
     child = next(line for line in lines if line.startswith("invitation "))
     for value in ("Python Basics", "completed", "pass", "92", invitation["id"]):
         assert value in child
@@ -382,9 +398,7 @@ def test_cancel_parses_its_arguments() -> None:
     assert missing.value.code == 2
 
 
-async def test_cancel_when_nothing_runs(
-    sandboxes: Sandboxes, stack: Stack, tmp_path: Path
-) -> None:
+async def test_cancel_when_nothing_runs(sandboxes: Sandboxes, stack: Stack, tmp_path: Path) -> None:
     """No assessment of the candidate: exit 1, each trigger stage's id named; bad input exits 2."""
     import base64
 

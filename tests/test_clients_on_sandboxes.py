@@ -114,7 +114,9 @@ async def test_the_token_bucket_keeps_a_burst_of_100_under_the_sandbox_limit() -
 
 
 def py_client(sandbox: PySandbox, **kw) -> PyClient:  # type: ignore[no-untyped-def]
-    return PyClient("http://py.sandbox", PY_KEY, transport=httpx.ASGITransport(app=sandbox.app), **kw)
+    return PyClient(
+        "http://py.sandbox", PY_KEY, transport=httpx.ASGITransport(app=sandbox.app), **kw
+    )
 
 
 async def test_py_idempotent_create_and_conflicting_reuse() -> None:
@@ -122,8 +124,11 @@ async def test_py_idempotent_create_and_conflicting_reuse() -> None:
     async with py_client(sandbox) as client:
         tests = await client.tests_by_name()
         args = dict(
-            test_id=tests["Python Basics"].id, name="Ada", email="ada@example.com",
-            reference="assessment:acme:o:s:t", callback_url="http://cb/callbacks/py",
+            test_id=tests["Python Basics"].id,
+            name="Ada",
+            email="ada@example.com",
+            reference="assessment:acme:o:s:t",
+            callback_url="http://cb/callbacks/py",
             idempotency_key="key-1",
         )
         first = await client.create_invitation(**args)

@@ -204,7 +204,12 @@ def test_secret_literal_env_and_file(tmp_path, monkeypatch):
     ]
     assert config.py.api_key.get_secret_value() == LITERAL_SECRET
     for text in (repr(config), str(config), config.model_dump_json()):
-        for secret in ("file-secret-VALUE", "env-token-VALUE", "literal-token-VALUE", LITERAL_SECRET):
+        for secret in (
+            "file-secret-VALUE",
+            "env-token-VALUE",
+            "literal-token-VALUE",
+            LITERAL_SECRET,
+        ):
             assert secret not in text
 
 
@@ -265,7 +270,12 @@ def test_errors_elsewhere_never_echo_literal_secrets(tmp_path, monkeypatch):
     account["lever_api_keyy"] = "misspelled-secret-VALUE"
     message, path = load_error(tmp_path, data)
     assert str(path) in message
-    for secret in (LITERAL_SECRET, "env-token-VALUE", "literal-token-VALUE", "misspelled-secret-VALUE"):
+    for secret in (
+        LITERAL_SECRET,
+        "env-token-VALUE",
+        "literal-token-VALUE",
+        "misspelled-secret-VALUE",
+    ):
         assert secret not in message
 
 
@@ -304,7 +314,9 @@ def test_good_durations(tmp_path, text, expected):
     data["defaults"] = {"reminders": [], "expire_after": text}
     config = load(tmp_path, data)
     assert config.defaults.expire_after == expected
-    assert config.timing(config.accounts[0], config.accounts[0].triggers[0]).expire_after == expected
+    assert (
+        config.timing(config.accounts[0], config.accounts[0].triggers[0]).expire_after == expected
+    )
 
 
 @pytest.mark.parametrize("bad", ["2w", "1.5d", "-1d", "0s", "", "d2", "2", "d", "2 d d", "2D"])
@@ -642,7 +654,10 @@ def test_timing_precedence_trigger_over_account_over_defaults(tmp_path):
         return result.reminders, result.expire_after
 
     h, d = timedelta(hours=1), timedelta(days=1)
-    assert timing(0, "trigger sets both") == ((timedelta(minutes=15), timedelta(seconds=90)), 36 * h)
+    assert timing(0, "trigger sets both") == (
+        (timedelta(minutes=15), timedelta(seconds=90)),
+        36 * h,
+    )
     assert timing(0, "trigger sets expiry") == ((2 * h,), d)
     assert timing(0, "trigger sets reminders") == ((2 * d,), 3 * d)
     assert timing(0, "account decides") == ((2 * h,), 3 * d)
@@ -653,14 +668,19 @@ def test_timing_precedence_trigger_over_account_over_defaults(tmp_path):
 @pytest.mark.parametrize(
     ("where", "edit"),
     [
-        ("defaults", lambda d: d.update(defaults={"reminders": ["2d", "7d"], "expire_after": "7d"})),
+        (
+            "defaults",
+            lambda d: d.update(defaults={"reminders": ["2d", "7d"], "expire_after": "7d"}),
+        ),
         ("defaults expiry", lambda d: d.update(defaults={"expire_after": "5d"})),  # built-in 5d
         ("account", lambda d: d["accounts"][0].update(expire_after="1d")),
         ("account reminders", lambda d: d["accounts"][0].update(reminders=["8d"])),
         ("trigger", lambda d: d["accounts"][0]["triggers"][0].update(expire_after="36h")),
         (
             "trigger reminders",
-            lambda d: d["accounts"][0]["triggers"][0].update(reminders=["1h", "1d"], expire_after="24h"),
+            lambda d: d["accounts"][0]["triggers"][0].update(
+                reminders=["1h", "1d"], expire_after="24h"
+            ),
         ),
         (
             "trigger expiry under account reminders",

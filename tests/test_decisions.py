@@ -229,7 +229,11 @@ def test_move_target():
 
 @pytest.mark.parametrize(
     ("verdict", "tag"),
-    [(Verdict.PASS, "Py - Pass"), (Verdict.FAIL, "Py - Fail"), (Verdict.NEEDS_REVIEW, "Py - Needs Review")],
+    [
+        (Verdict.PASS, "Py - Pass"),
+        (Verdict.FAIL, "Py - Fail"),
+        (Verdict.NEEDS_REVIEW, "Py - Needs Review"),
+    ],
 )
 def test_tags_on_result(verdict, tag):
     change = tags_on_result(verdict)
@@ -280,7 +284,9 @@ def test_checkpoints_without_reminders():
     assert checkpoints(iter([0, -5]), 3600) == [Checkpoint(3600, "expiry")]
 
 
-@given(st.lists(st.integers(min_value=-10, max_value=10**7)), st.integers(min_value=1, max_value=10**7))
+@given(
+    st.lists(st.integers(min_value=-10, max_value=10**7)), st.integers(min_value=1, max_value=10**7)
+)
 def test_checkpoints_property(reminders, expire):
     result = checkpoints(reminders, expire)
     assert result[-1] == Checkpoint(expire, "expiry")
@@ -316,7 +322,9 @@ def test_reference_accepts_child_ids():
     stage = "7c2690d8-6308-4ed9-ae2a-cbfe7db26593"
     child = invitation_workflow_id(assessment_workflow_id("acme", uuid, stage), "tst_123")
     assert is_invitation_reference(child)
-    assert is_invitation_reference(invitation_workflow_id(assessment_workflow_id("a", "b", "c"), "d"))
+    assert is_invitation_reference(
+        invitation_workflow_id(assessment_workflow_id("a", "b", "c"), "d")
+    )
 
 
 @pytest.mark.parametrize(
@@ -362,7 +370,9 @@ def test_lever_task_queue_is_shared_and_the_old_one_per_account():
 
 
 def _result(status: Status) -> InvitationResult:
-    return InvitationResult(test=ChosenTest(id=f"tst_{status.value}", name=status.value), status=status)
+    return InvitationResult(
+        test=ChosenTest(id=f"tst_{status.value}", name=status.value), status=status
+    )
 
 
 def test_overall_status_empty_is_not_sent():
@@ -389,7 +399,10 @@ def test_overall_status_most_advanced_wins(statuses, expected):
 
 
 def test_summary():
-    assert summary("Ada Lovelace", "Python Basics", Status.INVITED) == "Ada Lovelace · Python Basics · invited"
+    assert (
+        summary("Ada Lovelace", "Python Basics", Status.INVITED)
+        == "Ada Lovelace · Python Basics · invited"
+    )
     assert (
         summary("Ada Lovelace", "SQL", Status.COMPLETED, Verdict.PASS)
         == "Ada Lovelace · SQL · completed (pass)"

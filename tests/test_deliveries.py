@@ -9,10 +9,19 @@ import pytest
 from pylever.deliveries import DeliveryLedger, body_digest
 
 
-def delivery(opp: str = "opp-1", event: str = "candidateStageChange", token: str = "t" * 48,
-             at: int = 1_700_000_000_000) -> dict:
-    return {"token": token, "triggeredAt": at, "signature": "ab" * 32, "event": event,
-            "data": {"opportunityId": opp, "toStageId": "stage-1"}}
+def delivery(
+    opp: str = "opp-1",
+    event: str = "candidateStageChange",
+    token: str = "t" * 48,
+    at: int = 1_700_000_000_000,
+) -> dict:
+    return {
+        "token": token,
+        "triggeredAt": at,
+        "signature": "ab" * 32,
+        "event": event,
+        "data": {"opportunityId": opp, "toStageId": "stage-1"},
+    }
 
 
 class Clock:

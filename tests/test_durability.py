@@ -65,9 +65,7 @@ async def fast_forward(lc: Lifecycle, case: Case, days: float | None) -> bool:
 async def pending_attempts(handle: WorkflowHandle[Any, Any]) -> list[tuple[str, int]]:
     """(activity type, attempt) of each pending activity."""
     desc = await handle.describe()
-    return [
-        (p.activity_type.name, p.attempt) for p in desc.raw_description.pending_activities
-    ]
+    return [(p.activity_type.name, p.attempt) for p in desc.raw_description.pending_activities]
 
 
 async def closed(handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionStatus:
@@ -221,8 +219,9 @@ async def test_cancelling_several_tests_cancels_each_and_clears_the_shared_tags(
     lc: Lifecycle,
 ) -> None:
     s = lc.stack
-    opp = s.candidate("Several Sven", "several.sven@example.com",
-                      tags=("Python Basics", "SQL Fundamentals"))
+    opp = s.candidate(
+        "Several Sven", "several.sven@example.com", tags=("Python Basics", "SQL Fundamentals")
+    )
     attempt = await s.move(opp, "Py Assessment")
     parent_id = attempt.body["workflow_id"]
     await s.eventually(lambda: len(s.invitations(opp)) == 2 or None)
@@ -288,8 +287,9 @@ async def test_a_rerun_applies_a_result_the_earlier_run_never_wrote(
     await s.move(case.opp, "Phone screen")
     attempt = await s.move(case.opp, "Py Assessment")
     assert attempt.body["status"] == "started", attempt.body
-    res = await result(lc, Case(case.opp, case.parent_id, case.child, case.invitation_id,
-                                case.sent_at))
+    res = await result(
+        lc, Case(case.opp, case.parent_id, case.child, case.invitation_id, case.sent_at)
+    )
     [inv] = res.invitations
     assert inv.status == Status.COMPLETED and inv.verdict == "fail"
     assert inv.invitation_id == case.invitation_id

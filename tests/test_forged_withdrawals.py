@@ -122,9 +122,7 @@ async def test_a_delete_of_an_archived_candidate_is_not_confirmed(stack: Stack) 
 
 
 @pytest.mark.parametrize("event", ["candidateDeleted", "candidateArchiveChange"])
-async def test_a_withdrawal_of_an_opportunity_lever_does_not_know(
-    stack: Stack, event: str
-) -> None:
+async def test_a_withdrawal_of_an_opportunity_lever_does_not_know(stack: Stack, event: str) -> None:
     """Lever answers 404: confirmed (gone), and there is nothing to withdraw."""
     opp = f"unknown-{event[9:].lower()}-0001"
     count, memo = await forge(stack, opp, event)

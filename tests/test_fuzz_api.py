@@ -526,8 +526,11 @@ statuses = st.sampled_from(["invited", "started", "completed", "expired", "cance
 events = st.sampled_from(["invitation.started", "invitation.completed", "invitation.expired"])
 # Long and odd report URLs: the limit is https, at most 2,048 characters, no user info.
 _url_tails = st.text(
-    alphabet=st.one_of(st.sampled_from(list("/?#@:%.-_~!$&'()*+,;=[]\\ \t\n\x00<>\"")),
-                       st.characters(max_codepoint=0x7F), nasty_chars),
+    alphabet=st.one_of(
+        st.sampled_from(list("/?#@:%.-_~!$&'()*+,;=[]\\ \t\n\x00<>\"")),
+        st.characters(max_codepoint=0x7F),
+        nasty_chars,
+    ),
     max_size=40,
 )
 odd_report_urls = st.one_of(
@@ -670,8 +673,12 @@ async def test_completed_callbacks_at_the_new_limits(api):
             "9" * 4299: "invalid_score", "101": "invalid_score", "1e400": "invalid_score"}  # fmt: skip
     for digits, code in huge.items():
         reference = f"assessment:acme:nobody-{time.monotonic_ns()}:st:tst"
-        raw = encode({"event": "invitation.completed",
-                      "invitation": {**base, "reference": reference, "score": "\x00score\x00"}})
+        raw = encode(
+            {
+                "event": "invitation.completed",
+                "invitation": {**base, "reference": reference, "score": "\x00score\x00"},
+            }
+        )
         raw = raw.replace(b'"\\u0000score\\u0000"', digits.encode())  # fmt: skip
         assert digits.encode() in raw
         body = check(await post(api, CALLBACK, raw, **signed_callback(raw)), 422)

@@ -64,7 +64,14 @@ def test_one_json_object_per_line_with_standard_fields(capture):
 def test_extra_fields_are_included(capture):
     capture.logger.info(
         "webhook accepted",
-        extra={"account": "acme", "status": 202, "ratio": 0.5, "ok": True, "ids": ["a", "b"], "none": None},
+        extra={
+            "account": "acme",
+            "status": 202,
+            "ratio": 0.5,
+            "ok": True,
+            "ids": ["a", "b"],
+            "none": None,
+        },
     )
     (entry,) = capture.entries()
     assert entry["event"] == "webhook accepted"
@@ -80,7 +87,13 @@ def test_log_event_helper_passes_fields_and_level(capture):
     log_event(capture.logger, "stage lookup failed", logging.WARNING, account="acme", error="boom")
     log_event(capture.logger, "started", workflow_id="assessment:acme:o:s")
     first, second = capture.entries()
-    assert first == {**first, "event": "stage lookup failed", "level": "warning", "account": "acme", "error": "boom"}
+    assert first == {
+        **first,
+        "event": "stage lookup failed",
+        "level": "warning",
+        "account": "acme",
+        "error": "boom",
+    }
     assert second["level"] == "info"
     assert second["workflow_id"] == "assessment:acme:o:s"
 
@@ -117,7 +130,9 @@ def test_emails_masked_in_message_and_args(capture):
 
 
 def test_emails_masked_in_extra_string_fields(capture):
-    capture.logger.info("candidate", extra={"email": EMAIL, "note": f"reply to <{EMAIL}>", "account": "acme"})
+    capture.logger.info(
+        "candidate", extra={"email": EMAIL, "note": f"reply to <{EMAIL}>", "account": "acme"}
+    )
     output = capture.stream.getvalue()
     assert EMAIL not in output
     (entry,) = capture.entries()
@@ -127,12 +142,17 @@ def test_emails_masked_in_extra_string_fields(capture):
 
 
 def test_redact_leaves_other_text_alone():
-    assert redact("no address here, just @mentions and a@b") == "no address here, just @mentions and a@b"
+    assert (
+        redact("no address here, just @mentions and a@b")
+        == "no address here, just @mentions and a@b"
+    )
     assert redact(f"{EMAIL},{EMAIL}") == "[email],[email]"
 
 
 def test_emails_masked_in_nested_extra_values(capture):
-    capture.logger.info("candidate", extra={"candidate": {"name": "Ada", "email": EMAIL}, "cc": [EMAIL]})
+    capture.logger.info(
+        "candidate", extra={"candidate": {"name": "Ada", "email": EMAIL}, "cc": [EMAIL]}
+    )
     assert EMAIL not in capture.stream.getvalue()
 
 

@@ -126,10 +126,13 @@ async def api(settings: Settings, visibility: Visibility) -> AsyncIterator[httpx
         settings,
         client=visibility,  # type: ignore[arg-type]
     )
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app, client=("10.9.8.7", 40000)),
-        base_url="http://api",
-    ) as http:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, client=("10.9.8.7", 40000)),
+            base_url="http://api",
+        ) as http,
+    ):
         yield http
 
 

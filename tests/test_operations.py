@@ -101,9 +101,7 @@ async def test_search_attributes_summary_and_details_through_a_lifecycle(stack: 
 
     # started
     await stack.py.start(invitation["id"])
-    await wait_for_visibility(
-        stack.client, f'PyStatus="started" AND {mine}', expected_ids={child}
-    )
+    await wait_for_visibility(stack.client, f'PyStatus="started" AND {mine}', expected_ids={child})
     assert "· started**" in await current_details(handle)
 
     # completed: verdict and score, on the child; the parent completes too
@@ -201,8 +199,10 @@ async def scrape(stack: Stack) -> dict:
     return samples(response.text)
 
 
-TEMPLATED = re.compile(r"^(GET|POST|PUT|DELETE) (/(v1|stages|opportunities|tests|invitations|"
-                       r"addTags|removeTags|addLinks|stage|reminders|cancel|\{id\}))+$")
+TEMPLATED = re.compile(
+    r"^(GET|POST|PUT|DELETE) (/(v1|stages|opportunities|tests|invitations|"
+    r"addTags|removeTags|addLinks|stage|reminders|cancel|\{id\}))+$"
+)
 
 
 async def test_metrics_move_with_webhooks_callbacks_and_calls(stack: Stack) -> None:
@@ -308,7 +308,9 @@ async def test_logs_are_json_with_context_and_no_secrets(
     (started,) = webhook
     assert started["account"] == "acme" and started["workflow_id"] == workflow_id
     assert started["lever_event"] == "candidateStageChange"
-    refused = [e for e in entries if e["event"] == "lever webhook" and e["outcome"] == "bad_signature"]
+    refused = [
+        e for e in entries if e["event"] == "lever webhook" and e["outcome"] == "bad_signature"
+    ]
     assert refused and refused[-1]["account"] == "acme"
     (callback,) = [e for e in entries
                    if e["event"] == "py callback" and e.get("opportunity") == opp]  # fmt: skip

@@ -62,7 +62,13 @@ def invitation_report(stack: Stack, invitation_id: str) -> str:
 
 @pytest.mark.parametrize(
     ("score", "tag"),
-    [(80, TAG_PASS), (79.5, TAG_NEEDS_REVIEW), (41, TAG_NEEDS_REVIEW), (40, TAG_FAIL), (0, TAG_FAIL)],
+    [
+        (80, TAG_PASS),
+        (79.5, TAG_NEEDS_REVIEW),
+        (41, TAG_NEEDS_REVIEW),
+        (40, TAG_FAIL),
+        (0, TAG_FAIL),
+    ],
 )
 async def test_verdict_bands_at_the_edges(stack: Stack, score: float, tag: str) -> None:
     opp = stack.candidate(f"Edge {score}", f"edge{score}@example.com")
@@ -73,7 +79,9 @@ async def test_verdict_bands_at_the_edges(stack: Stack, score: float, tag: str) 
     verdicts = {TAG_PASS, TAG_FAIL, TAG_NEEDS_REVIEW} & set(stack.tags(opp))
     assert verdicts == {tag}
     # Only a pass moves (acme's Py Assessment has move_on_pass and no move_on_fail).
-    expected_stage = stack.lever.resolve_stage(ON_SITE) if tag == TAG_PASS else PY_ASSESSMENT_STAGE_ID
+    expected_stage = (
+        stack.lever.resolve_stage(ON_SITE) if tag == TAG_PASS else PY_ASSESSMENT_STAGE_ID
+    )
     assert stack.lever.opportunity(opp)["stage"] == expected_stage
 
 
@@ -100,7 +108,9 @@ async def test_no_thresholds_is_always_needs_review(stack: Stack, score: float) 
     # acme's own thresholds (80/40) would make 70 and 50 "Needs Review".
     [(70, TAG_PASS), (69.9, TAG_NEEDS_REVIEW), (51, TAG_NEEDS_REVIEW), (50, TAG_FAIL)],
 )
-async def test_trigger_thresholds_override_the_accounts(stack: Stack, score: float, tag: str) -> None:
+async def test_trigger_thresholds_override_the_accounts(
+    stack: Stack, score: float, tag: str
+) -> None:
     """Technical Screen is configured by stage id, with 70/50 and no default test."""
     opp = stack.candidate(f"Screen {score}", f"screen{score}@example.com", tags=("Python Basics",))
     attempt = await stack.move(opp, "Technical Screen")
@@ -121,8 +131,11 @@ async def test_trigger_thresholds_override_the_accounts(stack: Stack, score: flo
 
 async def test_candidate_tag_naming_a_test_overrides_the_default(stack: Stack) -> None:
     # "python basics" is not the test's exact name (case-sensitive): it does not count.
-    opp = stack.candidate("Edsger Dijkstra", "edsger@example.com",
-                          tags=("Referral", "python basics", "SQL Fundamentals"))
+    opp = stack.candidate(
+        "Edsger Dijkstra",
+        "edsger@example.com",
+        tags=("Referral", "python basics", "SQL Fundamentals"),
+    )
     attempt = await stack.move(opp, "Py Assessment")
     invitation = await stack.invitation(opp)
     assert invitation["test_id"] == PY_TESTS["SQL Fundamentals"]
@@ -135,8 +148,9 @@ async def test_candidate_tag_naming_a_test_overrides_the_default(stack: Stack) -
 
 
 async def test_two_test_tags_send_two_invitations(stack: Stack) -> None:
-    opp = stack.candidate("Grace Hopper", "grace@example.com",
-                          tags=("Algorithms", "SQL Fundamentals"))
+    opp = stack.candidate(
+        "Grace Hopper", "grace@example.com", tags=("Algorithms", "SQL Fundamentals")
+    )
     attempt = await stack.move(opp, "Py Assessment")
     workflow_id = attempt.body["workflow_id"]
 
@@ -162,7 +176,8 @@ async def test_two_test_tags_send_two_invitations(stack: Stack) -> None:
     result = await stack.result(workflow_id)
     assert result.status == Status.COMPLETED
     assert {(i.test.name, i.verdict) for i in result.invitations} == {
-        ("SQL Fundamentals", "pass"), ("Algorithms", "fail"),
+        ("SQL Fundamentals", "pass"),
+        ("Algorithms", "fail"),
     }
     tags = stack.tags(opp)
     assert verdict_tags(tags) == {TAG_PASS, TAG_FAIL}
@@ -176,8 +191,9 @@ async def test_two_test_tags_send_two_invitations(stack: Stack) -> None:
 
 
 async def test_two_tests_both_passed_move_the_candidate_once(stack: Stack) -> None:
-    opp = stack.candidate("Katherine Johnson", "katherine@example.com",
-                          tags=("Algorithms", "SQL Fundamentals"))
+    opp = stack.candidate(
+        "Katherine Johnson", "katherine@example.com", tags=("Algorithms", "SQL Fundamentals")
+    )
     attempt = await stack.move(opp, "Py Assessment")
 
     def both() -> list[dict] | None:
@@ -288,7 +304,9 @@ async def test_a_stage_that_is_not_a_trigger_is_ignored(stack: Stack) -> None:
     attempt = await stack.move(opp, "Phone screen")
     assert attempt.status == 200
     assert attempt.body == {"status": "ignored", "reason": "not a trigger stage"}
-    await assert_no_workflow(stack, assessment_id("acme", opp, stack.lever.resolve_stage("Phone screen")))
+    await assert_no_workflow(
+        stack, assessment_id("acme", opp, stack.lever.resolve_stage("Phone screen"))
+    )
     assert stack.invitations(opp) == [] and stack.lever.api_writes(opp) == []
 
 
@@ -336,7 +354,9 @@ async def test_parallel_candidates_do_not_mix(stack: Stack) -> None:
     await asyncio.gather(*(stack.result(a.body["workflow_id"]) for a in attempts))
     expected = [TAG_PASS, TAG_NEEDS_REVIEW, TAG_FAIL]
     for opp, invitation, tag in zip(opps, invitations, expected, strict=True):
-        assert invitation["reference"].startswith(assessment_id("acme", opp, PY_ASSESSMENT_STAGE_ID))
+        assert invitation["reference"].startswith(
+            assessment_id("acme", opp, PY_ASSESSMENT_STAGE_ID)
+        )
         assert verdict_tags(stack.tags(opp)) == {tag}
 
 

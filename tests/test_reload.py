@@ -140,18 +140,19 @@ def test_a_rotated_secret_is_a_change(tmp_path: Path) -> None:
 # --- ConfigReloader ------------------------------------------------------------------------
 
 
-async def test_reload_applies_a_good_file(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_reload_applies_a_good_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "pylever.toml"
     write_config(path, small_config(account("acme"), account("globex")))
     first = load_config(path)
     applied = Applied()
     reloader = ConfigReloader(path, "unit-ok", first, applied)
     assert (reloads("unit-ok", "ok"), reloads("unit-ok", "failed")) == (0.0, 0.0)  # pre-created
-    assert REGISTRY.get_sample_value(
-        "pylever_config_reloads_total", {"process": "unit-ok", "result": "failed"}
-    ) == 0.0
+    assert (
+        REGISTRY.get_sample_value(
+            "pylever_config_reloads_total", {"process": "unit-ok", "result": "failed"}
+        )
+        == 0.0
+    )
 
     write_config(path, small_config(account("acme", key="rotated-key"), account("initech")))
     caplog.set_level(logging.INFO, logger="pylever.reload")
@@ -279,8 +280,12 @@ def stack_data(stack: Stack) -> dict[str, Any]:
 def with_initech(data: dict[str, Any]) -> dict[str, Any]:
     """A third account, triggered by stage id (no Lever lookup), on globex's sandbox."""
     globex = next(a for a in data["accounts"] if a["id"] == "globex")
-    initech = {**globex, "id": "initech", "webhook_signature_tokens": [INITECH_TOKEN],
-               "triggers": [{"stage": TECHNICAL_SCREEN_STAGE_ID, "default_test": "Python Basics"}]}
+    initech = {
+        **globex,
+        "id": "initech",
+        "webhook_signature_tokens": [INITECH_TOKEN],
+        "triggers": [{"stage": TECHNICAL_SCREEN_STAGE_ID, "default_test": "Python Basics"}],
+    }
     return {**data, "accounts": [*data["accounts"], initech]}  # fmt: skip
 
 
@@ -325,7 +330,8 @@ async def forget(stack: Stack, response: httpx.Response) -> None:
 
 
 async def test_api_reload_adds_and_removes_accounts(
-    stack: Stack, reloading_api: tuple[Starlette, httpx.AsyncClient, Path],
+    stack: Stack,
+    reloading_api: tuple[Starlette, httpx.AsyncClient, Path],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     app, http, path = reloading_api
@@ -399,8 +405,9 @@ async def test_a_request_in_flight_finishes_on_its_configuration(
 
     matcher.match = slow_match  # this matcher only: the reload builds no new one for acme
     request = asyncio.create_task(
-        stage_change(http, "acme", SECRETS["acme_token"], "opp-in-flight",
-                     TECHNICAL_SCREEN_STAGE_ID)  # fmt: skip
+        stage_change(
+            http, "acme", SECRETS["acme_token"], "opp-in-flight", TECHNICAL_SCREEN_STAGE_ID
+        )  # fmt: skip
     )
     await asyncio.wait_for(held.wait(), 5)
     data = stack_data(stack)
@@ -417,7 +424,6 @@ async def test_a_request_in_flight_finishes_on_its_configuration(
         await stage_change(http, "acme", SECRETS["acme_token"], "opp-after",
                            TECHNICAL_SCREEN_STAGE_ID), 404, "unknown_account",
     )  # fmt: skip
-
 
 
 async def test_api_reloads_a_file_changed_during_start_up(stack: Stack, tmp_path: Path) -> None:

@@ -107,9 +107,7 @@ async def test_a_revoked_key_does_not_hold_the_removal_up(stack: Stack) -> None:
     spy = RequestSpy(stack.lever)
     opp = stack.candidate("Revoked Key", "revoked.key@example.com")
     try:
-        with spy.hook(
-            "POST", f"/v1/opportunities/{opp}/addTags", before=revoke(stack)
-        ) as refused:
+        with spy.hook("POST", f"/v1/opportunities/{opp}/addTags", before=revoke(stack)) as refused:
             attempt = await stack.move(opp, "Py Assessment")
             assert attempt.status == 202, attempt.body
             await asyncio.wait_for(refused.fired.wait(), 30)
@@ -126,7 +124,8 @@ async def test_a_revoked_key_does_not_hold_the_removal_up(stack: Stack) -> None:
         assert await handle.result() == RemoveAccountResult(found=1, signalled=1)
         result = await stack.result(attempt.body["workflow_id"], timeout=30)
         assert (result.status, result.reason) == (
-            Status.CANCELLED, "account removed from configuration",
+            Status.CANCELLED,
+            "account removed from configuration",
         )
         assert time.monotonic() - started < 20  # not held by the tag's retries
         assert [i["status"] for i in stack.invitations(opp)] == ["cancelled"]
@@ -165,7 +164,8 @@ async def test_removal_cancels_at_py_and_writes_nothing_to_lever(stack: Stack) -
     assert desc.status == WorkflowExecutionStatus.COMPLETED
     memo = await desc.memo()
     assert memo["assessment"] == {
-        "status": "cancelled", "reason": "account removed from configuration",
+        "status": "cancelled",
+        "reason": "account removed from configuration",
     }
     child_handle = stack.client.get_workflow_handle(
         decisions.invitation_workflow_id(parent_id, child.test.id), result_type=InvitationResult
@@ -210,7 +210,8 @@ async def test_every_page_of_running_assessments_is_withdrawn(stack: Stack) -> N
     for opp, parent_id in opps:
         result = await stack.result(parent_id, timeout=30)
         assert (result.status, result.reason) == (
-            Status.CANCELLED, "account removed from configuration",
+            Status.CANCELLED,
+            "account removed from configuration",
         )
         assert [i["status"] for i in stack.invitations(opp)] == ["cancelled"]
         assert [w["op"] for w in stack.globex.api_writes(opp)] == ["addTags"]

@@ -254,9 +254,12 @@ SHIPPED_CLAIMS: dict[str, Claim] = {
     "invitation-expired": Claim(
         (
             *_INVITE,
-            "py.get_invitation", "py.remind",  # 2 days
-            "py.get_invitation", "py.remind",  # 5 days
-            "py.get_invitation", "py.cancel",  # 7 days
+            "py.get_invitation",
+            "py.remind",  # 2 days
+            "py.get_invitation",
+            "py.remind",  # 5 days
+            "py.get_invitation",
+            "py.cancel",  # 7 days
             "lever.remove_tags",
             "lever.add_tags",  # Py - Expired
         ),  # fmt: skip
@@ -268,8 +271,13 @@ SHIPPED_CLAIMS: dict[str, Claim] = {
     ),
     "assessment-archived": Claim(
         _READ_AND_FIND,
-        ("child-started", "signaled:withdraw", "signal-sent:withdraw", "child-completed",
-         "completed"),
+        (
+            "child-started",
+            "signaled:withdraw",
+            "signal-sent:withdraw",
+            "child-completed",
+            "completed",
+        ),
     ),  # fmt: skip
     "invitation-archived": Claim(
         (*_INVITE, "lever.add_tags", "py.cancel", "lever.remove_tags"),  # Started; cleared
@@ -286,8 +294,13 @@ SHIPPED_CLAIMS: dict[str, Claim] = {
     ),
     "assessment-deleted": Claim(
         _READ_AND_FIND,
-        ("child-started", "signaled:withdraw", "signal-sent:withdraw", "child-completed",
-         "completed"),
+        (
+            "child-started",
+            "signaled:withdraw",
+            "signal-sent:withdraw",
+            "child-completed",
+            "completed",
+        ),
     ),  # fmt: skip
     "invitation-deleted": Claim(
         (*_INVITE, "py.cancel"),  # nothing written to Lever after the delete
@@ -358,8 +371,14 @@ DURABLE_CLAIMS: dict[str, Claim] = {
     ),
     f"{_D}assessment-archived": Claim(
         _READ_AND_FIND,
-        (_P, "child-started", "signaled:withdraw", "signal-sent:withdraw", "child-completed",
-         "completed"),
+        (
+            _P,
+            "child-started",
+            "signaled:withdraw",
+            "signal-sent:withdraw",
+            "child-completed",
+            "completed",
+        ),
     ),  # fmt: skip
     f"{_D}invitation-archived": Claim(
         SHIPPED_CLAIMS["invitation-archived"].activities,  # Started; cancel at Py; cleared
@@ -378,8 +397,14 @@ DURABLE_CLAIMS: dict[str, Claim] = {
     ),
     f"{_D}assessment-deleted": Claim(
         _READ_AND_FIND,
-        (_P, "child-started", "signaled:withdraw", "signal-sent:withdraw", "child-completed",
-         "completed"),
+        (
+            _P,
+            "child-started",
+            "signaled:withdraw",
+            "signal-sent:withdraw",
+            "child-completed",
+            "completed",
+        ),
     ),  # fmt: skip
     f"{_D}invitation-deleted": Claim(
         (*_INVITE, "py.cancel"),  # nothing written to Lever after the delete
@@ -438,8 +463,14 @@ DURABLE_CLAIMS: dict[str, Claim] = {
     ),
     f"{_D}assessment-account-removed": Claim(
         _READ_AND_FIND,
-        (_P, "child-started", "signaled:withdraw", "signal-sent:withdraw", "child-completed",
-         "completed"),
+        (
+            _P,
+            "child-started",
+            "signaled:withdraw",
+            "signal-sent:withdraw",
+            "child-completed",
+            "completed",
+        ),
     ),  # fmt: skip
     f"{_D}invitation-account-removed": Claim(
         (*_INVITE, "py.cancel"),  # nothing written to Lever after the removal
@@ -474,8 +505,14 @@ DURABLE_CLAIMS: dict[str, Claim] = {
     ),
     f"{_D}assessment-cancel-holds-result": Claim(
         _READ_AND_FIND,  # writes nothing itself
-        (_P, "child-started", "cancel-requested", "cancel-sent", "child-completed",
-         "completed"),  # the child's result: the assessment ends completed
+        (
+            _P,
+            "child-started",
+            "cancel-requested",
+            "cancel-sent",
+            "child-completed",
+            "completed",
+        ),  # the child's result: the assessment ends completed
     ),  # fmt: skip
     f"{_D}invitation-cancel-holds-result": Claim(
         (
@@ -583,8 +620,10 @@ def replayer(*workflows: type) -> Replayer:
 def load(name: str) -> WorkflowHistory:
     path = HISTORIES / f"{name}.json"
     if not path.exists() or not WORKFLOW_IDS.exists():
-        pytest.fail(f"{path} is missing: record it with PYLEVER_RECORD_HISTORIES=durable:"
-                    f"{_group_of(name)} .venv/bin/pytest tests/test_replay.py")
+        pytest.fail(
+            f"{path} is missing: record it with PYLEVER_RECORD_HISTORIES=durable:"
+            f"{_group_of(name)} .venv/bin/pytest tests/test_replay.py"
+        )
     workflow_id = json.loads(WORKFLOW_IDS.read_text())[name]
     return WorkflowHistory.from_json(workflow_id, path.read_text())
 
@@ -669,7 +708,8 @@ _SLOW_AND_DURABLE_ONLY = {
 @pytest.mark.skipif(
     not RECORD & set(_SLOW_AND_DURABLE_ONLY),
     reason="records only with PYLEVER_RECORD_HISTORIES ([durable:]1, or some of: "
-    + ", ".join([*_SLOW_AND_DURABLE_ONLY, *ALIASES_OF["durable"]]) + ")",
+    + ", ".join([*_SLOW_AND_DURABLE_ONLY, *ALIASES_OF["durable"]])
+    + ")",
 )
 async def test_record_the_other_paths() -> None:
     """Records the paths that need a stack of their own (time skipping, a deletion that

@@ -36,11 +36,15 @@ TRIGGERED_AT = 1431454330072
 
 
 def independent_lever_hmac(key: str, token: str, triggered_at: int) -> str:
-    return hmac.new(key.encode("utf-8"), (token + str(triggered_at)).encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.new(
+        key.encode("utf-8"), (token + str(triggered_at)).encode("utf-8"), hashlib.sha256
+    ).hexdigest()
 
 
 def independent_py_hmac(secret: str, t: int, body: bytes) -> str:
-    return hmac.new(secret.encode("utf-8"), str(t).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.new(
+        secret.encode("utf-8"), str(t).encode() + b"." + body, hashlib.sha256
+    ).hexdigest()
 
 
 def signed_body(key: str = STAGE_TOKEN, **overrides) -> dict:
@@ -71,8 +75,12 @@ def test_lever_signature_matches_independent_hmac():
     triggered_at=st.integers(min_value=0, max_value=2**53),
 )
 def test_lever_signature_property(key, token, triggered_at):
-    assert lever_signature(key, token, triggered_at) == independent_lever_hmac(key, token, triggered_at)
-    body = sign_lever_webhook(key, "candidateStageChange", {}, triggered_at=triggered_at, token=token)
+    assert lever_signature(key, token, triggered_at) == independent_lever_hmac(
+        key, token, triggered_at
+    )
+    body = sign_lever_webhook(
+        key, "candidateStageChange", {}, triggered_at=triggered_at, token=token
+    )
     assert verify_lever_webhook(body, [key])
 
 
@@ -85,7 +93,9 @@ def test_sign_lever_webhook_shape():
     assert body["data"] == {"opportunityId": "opp-1"}
     assert before <= body["triggeredAt"] <= after
     assert len(body["token"]) == 48
-    assert body["signature"] == independent_lever_hmac(STAGE_TOKEN, body["token"], body["triggeredAt"])
+    assert body["signature"] == independent_lever_hmac(
+        STAGE_TOKEN, body["token"], body["triggeredAt"]
+    )
     json.dumps(body)  # serialisable as Lever sends it
 
 
@@ -167,7 +177,9 @@ def test_verify_rejects_bool_triggered_at_even_when_signed_as_its_digits():
         body = {
             "token": TOKEN,
             "triggeredAt": value,
-            "signature": hmac.new(key.encode(), (TOKEN + text).encode(), hashlib.sha256).hexdigest(),
+            "signature": hmac.new(
+                key.encode(), (TOKEN + text).encode(), hashlib.sha256
+            ).hexdigest(),
         }
         assert verify_lever_webhook(body, [key]) is False
 
@@ -196,7 +208,9 @@ def test_lever_published_example():
 # --- Py -----------------------------------------------------------------------------
 
 SECRET = "py-callback-secret-for-tests"
-BODY = json.dumps({"event": "invitation.completed", "invitation": {"id": "inv_1", "score": 91}}).encode()
+BODY = json.dumps(
+    {"event": "invitation.completed", "invitation": {"id": "inv_1", "score": 91}}
+).encode()
 NOW = 1_760_000_000
 
 
@@ -219,7 +233,9 @@ def test_py_independently_built_header_verifies():
     verify_py_signature(header, BODY, SECRET, now=NOW)
 
 
-@pytest.mark.parametrize("age", [PY_SIGNATURE_TOLERANCE_SECONDS, -PY_SIGNATURE_TOLERANCE_SECONDS, 0, 1, -1])
+@pytest.mark.parametrize(
+    "age", [PY_SIGNATURE_TOLERANCE_SECONDS, -PY_SIGNATURE_TOLERANCE_SECONDS, 0, 1, -1]
+)
 def test_py_within_tolerance_accepted(age):
     header = py_signature_header(SECRET, BODY, timestamp=NOW - age)
     verify_py_signature(header, BODY, SECRET, now=NOW)

@@ -271,9 +271,7 @@ async def test_old_queue_work_is_drained_then_its_poller_stops(env):
             id=f"assessment:acme:{uuid.uuid4().hex[:6]}:stage", task_queue=base,
         )  # fmt: skip
         await asyncio.sleep(1.5)  # visibility catches up
-        drain = LegacyQueueDrain(
-            client, base, make_worker, {"acme": 7.0}.get, check_every=1.0
-        )
+        drain = LegacyQueueDrain(client, base, make_worker, {"acme": 7.0}.get, check_every=1.0)
         finished = asyncio.create_task(drain.run())
         assert await asyncio.wait_for(old.result(), 30) == f"{base}-lever-acme:acme"
         await asyncio.wait_for(finished, 30)  # nothing old left: the drain ends
@@ -322,7 +320,10 @@ async def test_a_removed_account_keeps_its_lever_calls_through_its_grace(env, tm
     from tests.toml_writer import to_toml
 
     process, path = _process(
-        env.client, tmp_path, account_entry("acme"), account_entry("leaving", lever_requests_per_second=4.5)
+        env.client,
+        tmp_path,
+        account_entry("acme"),
+        account_entry("leaving", lever_requests_per_second=4.5),
     )
     old = process.reloader.current
     assert process.levers.get("leaving") is not None

@@ -259,7 +259,9 @@ async def test_renamed_stage_configured_by_name_keeps_matching_by_id():
 # --- trigger_settings ------------------------------------------------------------------------
 
 
-def make_config(account_fields: dict[str, Any], triggers: list[dict[str, Any]], defaults: dict | None = None) -> AppConfig:
+def make_config(
+    account_fields: dict[str, Any], triggers: list[dict[str, Any]], defaults: dict | None = None
+) -> AppConfig:
     data: dict[str, Any] = {
         "service": {"public_url": "https://lever.py.example"},
         "py": {"api_url": "https://api.py.example", "api_key": "k", "callback_secret": "s"},

@@ -57,9 +57,16 @@ async def test_events_we_do_not_act_on_are_ignored(stack: Stack) -> None:
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "ignored"
     # An unarchive is not a withdrawal either.
-    unarchive = {"opportunityId": opp, "candidateId": opp, "contactId": "c",
-                 "fromArchived": {"archivedAt": 1, "reason": "r"}, "toArchived": None}
-    response = await post_webhook(stack, signed(ACME_TOKEN, unarchive, event="candidateArchiveChange"))
+    unarchive = {
+        "opportunityId": opp,
+        "candidateId": opp,
+        "contactId": "c",
+        "fromArchived": {"archivedAt": 1, "reason": "r"},
+        "toArchived": None,
+    }
+    response = await post_webhook(
+        stack, signed(ACME_TOKEN, unarchive, event="candidateArchiveChange")
+    )
     assert response.status_code == 200 and response.json()["status"] == "ignored", response.text
 
 
@@ -205,7 +212,9 @@ async def test_bad_signatures_start_nothing_and_a_rotated_token_is_accepted(stac
         assert_error(response, 401, "bad_signature")
         assert response.status_code == 401, name
     # A genuine acme delivery to globex's URL is not globex's either.
-    assert_error(await post_webhook(stack, signed(ACME_TOKEN, data), "globex"), 401, "bad_signature")
+    assert_error(
+        await post_webhook(stack, signed(ACME_TOKEN, data), "globex"), 401, "bad_signature"
+    )
     await assert_no_workflow(stack, workflow_id)
     assert stack.invitations(opp) == [] and stack.lever.api_writes(opp) == []
 
@@ -221,10 +230,34 @@ async def test_bad_signatures_start_nothing_and_a_rotated_token_is_accepted(stac
 
 @pytest.mark.parametrize(
     "raw",
-    [b"", b"{", b"not json", b"\xff\xfe{}", b'{"a": NaN}', b'{"a": Infinity}', b"[]",
-     b"[1, 2]", b'"a string"', b"42", b"null", b"[" * 100_000],
-    ids=["empty", "truncated", "text", "not-utf8", "nan", "infinity", "empty-array", "array",
-         "string", "number", "null", "deep-nesting"],
+    [
+        b"",
+        b"{",
+        b"not json",
+        b"\xff\xfe{}",
+        b'{"a": NaN}',
+        b'{"a": Infinity}',
+        b"[]",
+        b"[1, 2]",
+        b'"a string"',
+        b"42",
+        b"null",
+        b"[" * 100_000,
+    ],
+    ids=[
+        "empty",
+        "truncated",
+        "text",
+        "not-utf8",
+        "nan",
+        "infinity",
+        "empty-array",
+        "array",
+        "string",
+        "number",
+        "null",
+        "deep-nesting",
+    ],
 )
 async def test_malformed_json_is_400(stack: Stack, raw: bytes) -> None:
     assert_error(await post_webhook(stack, raw), 400, "invalid_json")
@@ -250,7 +283,7 @@ async def test_signed_body_with_bad_data_is_400_and_starts_nothing(stack: Stack)
 
 async def _chunks(raw: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
     for start in range(0, len(raw), size):
-        yield raw[start:start + size]
+        yield raw[start : start + size]
 
 
 def _padded_verify(total: int) -> bytes:
@@ -320,7 +353,9 @@ async def test_temporal_unreachable_is_503_and_lever_retries(stack: Stack) -> No
         assert_error(await http.get("/readyz"), 503, "unavailable")
         # A trigger stage by id (no Lever lookup) and one by name (GET /stages first).
         for stage_data in (data, {**data, "toStageId": PY_ASSESSMENT_STAGE_ID}):
-            response = await http.post("/webhooks/lever/acme", content=signed(ACME_TOKEN, stage_data))
+            response = await http.post(
+                "/webhooks/lever/acme", content=signed(ACME_TOKEN, stage_data)
+            )
             assert_error(response, 503, "unavailable")
         archived = {**data, "toArchived": {"archivedAt": 1, "reason": "r"}, "fromArchived": None}
         response = await http.post(
@@ -331,15 +366,21 @@ async def test_temporal_unreachable_is_503_and_lever_retries(stack: Stack) -> No
         # Py's callbacks and the operators' status endpoint: 503 as well.
         reference = f"{assessment_id('acme', opp, PY_ASSESSMENT_STAGE_ID)}:tst_python_basics"
         raw, headers = build_callback(
-            SECRETS["callback_secret"], "invitation.started",
+            SECRETS["callback_secret"],
+            "invitation.started",
             {"id": "inv_1", "status": "started", "reference": reference},
         )
-        assert_error(await http.post("/callbacks/py", content=raw, headers=headers), 503, "unavailable")
-        status = await http.get(f"/accounts/acme/candidates/{opp}",
-                                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert_error(
+            await http.post("/callbacks/py", content=raw, headers=headers), 503, "unavailable"
+        )
+        status = await http.get(
+            f"/accounts/acme/candidates/{opp}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
         assert_error(status, 503, "unavailable")
         # Checks that need no Temporal still answer as usual.
-        assert (await http.post("/webhooks/lever/acme", content=signed(ACME_TOKEN, {}))).status_code == 200
+        assert (
+            await http.post("/webhooks/lever/acme", content=signed(ACME_TOKEN, {}))
+        ).status_code == 200
         assert_error(await http.post("/webhooks/lever/acme", content=b"{"), 400)
         assert (await http.get("/metrics")).status_code == 200
     assert time.monotonic() - started < 15  # answered promptly, not after a long hang
@@ -359,7 +400,8 @@ async def test_the_api_recovers_when_temporal_comes_back(stack: Stack) -> None:
     async with api_without_temporal(stack, port) as http:
         assert_error(await http.post("/webhooks/lever/acme", content=raw), 503, "unavailable")
         env = await start_dev_server(
-            port=port, data_converter=stack.client.data_converter,
+            port=port,
+            data_converter=stack.client.data_converter,
             search_attributes=SEARCH_ATTRIBUTES,
         )
         try:

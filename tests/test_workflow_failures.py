@@ -46,8 +46,11 @@ class FakeWorld:
     @activity.defn(name="lever.read_candidate")
     async def read_candidate(self, req: ReadCandidate) -> Candidate:
         return Candidate(
-            opportunity_id=req.opportunity_id, name="Ada", email=self.email,
-            entered_stage=True, archived=False,
+            opportunity_id=req.opportunity_id,
+            name="Ada",
+            email=self.email,
+            entered_stage=True,
+            archived=False,
         )
 
     @activity.defn(name="lever.add_tags")
@@ -76,11 +79,14 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
 async def run(client: Client, world: FakeWorld) -> AssessmentResult:
     async with (
         Worker(
-            client, task_queue=QUEUE, workflows=[AssessmentWorkflow, InvitationWorkflow],
+            client,
+            task_queue=QUEUE,
+            workflows=[AssessmentWorkflow, InvitationWorkflow],
             activities=[world.find_tests, world.create_invitation],
         ),
         Worker(
-            client, task_queue=lever_task_queue(QUEUE),
+            client,
+            task_queue=lever_task_queue(QUEUE),
             activities=[world.read_candidate, world.add_tags],
         ),
     ):
@@ -97,10 +103,16 @@ async def run(client: Client, world: FakeWorld) -> AssessmentResult:
 @pytest.mark.parametrize(
     ("world", "status", "tag"),
     [
-        (FakeWorld(email="a@example.com", tests={}, py_refuses=False), Status.NOT_SENT,
-         "Py - No Test Configured"),
-        (FakeWorld(email=None, tests={"Python Basics": "t1"}, py_refuses=False), Status.ERROR,
-         "Py - Error: No Email"),
+        (
+            FakeWorld(email="a@example.com", tests={}, py_refuses=False),
+            Status.NOT_SENT,
+            "Py - No Test Configured",
+        ),
+        (
+            FakeWorld(email=None, tests={"Python Basics": "t1"}, py_refuses=False),
+            Status.ERROR,
+            "Py - Error: No Email",
+        ),
     ],
 )
 async def test_an_untaggable_candidate_still_ends_the_assessment(
@@ -118,5 +130,9 @@ async def test_invite_failed_that_cannot_be_tagged_still_ends(env: WorkflowEnvir
     assert result.status == Status.ERROR
     [invitation] = result.invitations
     assert invitation.status == Status.ERROR
-    assert invitation.error and "invalid_email" in invitation.error and "cannot tag" in invitation.error
+    assert (
+        invitation.error
+        and "invalid_email" in invitation.error
+        and "cannot tag" in invitation.error
+    )
     assert world.tag_attempts == [("Py - Error: Invite Failed",)]

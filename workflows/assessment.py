@@ -337,7 +337,9 @@ class InvitationWorkflow(InvitationV1):
                 self._halt = PY_CONTRACT
             return None
 
-    async def _cancel_at_py(self, invitation_id: str, *, expiring: bool = False) -> InvitationRecord:
+    async def _cancel_at_py(
+        self, invitation_id: str, *, expiring: bool = False
+    ) -> InvitationRecord:
         """Cancel at Py. Completed meanwhile (409): the result comes back and wins."""
         at_py: InvitationRecord | None = await self._py(PyActivities.cancel, invitation_id)
         if at_py is not None and at_py.status == "completed":
@@ -424,8 +426,10 @@ class InvitationWorkflow(InvitationV1):
             await self._stop_without_result()
         elif final.status == "expired":
             alone = self._input.tests_in_assessment <= 1
-            await self._write("tag the expiry", lambda: self._lever.change_tags(
-                decisions.tags_on_expiry(last=alone)))
+            await self._write(
+                "tag the expiry",
+                lambda: self._lever.change_tags(decisions.tags_on_expiry(last=alone)),
+            )
             self._set_status(Status.EXPIRED)
         else:  # cancelled at Py by someone else
             await self._clear_in_progress()
@@ -455,16 +459,20 @@ class InvitationWorkflow(InvitationV1):
             self._set_status(Status.COMPLETED)  # nothing to write to a candidate who is gone
             return
         alone = self._input.tests_in_assessment <= 1
-        await self._write("tag the verdict", lambda: self._lever.change_tags(
-            decisions.tags_on_result(verdict, last=alone)))
+        await self._write(
+            "tag the verdict",
+            lambda: self._lever.change_tags(decisions.tags_on_result(verdict, last=alone)),
+        )
         if final.report_url:
-            await self._write("add the report link", lambda: self._lever.add_link(
-                final.report_url or ""))
+            await self._write(
+                "add the report link", lambda: self._lever.add_link(final.report_url or "")
+            )
         self._set_status(Status.COMPLETED)
         target = decisions.move_target(verdict, settings) if alone else None
         if target and self._withdrawal is None:
-            await self._write(f"move the candidate to {target!r}",
-                              lambda: self._lever.move_to_stage(target))
+            await self._write(
+                f"move the candidate to {target!r}", lambda: self._lever.move_to_stage(target)
+            )
             self._set_status(Status.COMPLETED)  # the last error (if any) into the details
 
     async def _stop_without_result(self) -> None:
@@ -479,14 +487,19 @@ class InvitationWorkflow(InvitationV1):
         if self._withdrawal is not None:
             change = decisions.tags_on_withdrawal(self._withdrawal.reason)
             if change.remove:
-                await self._write("clear the in-progress tags", lambda: self._lever.change_tags(
-                    change))
+                await self._write(
+                    "clear the in-progress tags", lambda: self._lever.change_tags(change)
+                )
         self._set_status(Status.CANCELLED)
 
     async def _clear_in_progress(self) -> None:
         if self._input.tests_in_assessment <= 1:
-            await self._write("clear the in-progress tags", lambda: self._lever.change_tags(
-                decisions.TagChange(remove=decisions.IN_PROGRESS_TAGS)))
+            await self._write(
+                "clear the in-progress tags",
+                lambda: self._lever.change_tags(
+                    decisions.TagChange(remove=decisions.IN_PROGRESS_TAGS)
+                ),
+            )
 
     async def _cancelled(self) -> bool:
         """An operator cancelled this workflow (or its parent). Cancel at Py, clear the
@@ -751,23 +764,23 @@ class AssessmentWorkflow(AssessmentV1):
         earlier: dict[str, str],
     ) -> workflow.ChildWorkflowHandle[Any, InvitationResult]:
         return await workflow.start_child_workflow(
-                InvitationWorkflow.run,
-                InvitationInput(
-                    account_id=input.account_id,
-                    opportunity_id=input.opportunity_id,
-                    stage_id=input.stage_id,
-                    settings=input.settings,
-                    test=test,
-                    candidate_name=candidate.name,
-                    candidate_email=candidate.email,
-                    stage_entry=candidate.stage_entries,
-                    tests_in_assessment=len(choice.tests),
-                    adopt_invitation_id=earlier.get(child_ids[test.id]),
-                ),
-                id=child_ids[test.id],
-                parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
-                static_summary=decisions.summary(candidate.name, test.name, Status.RESOLVING),
-            )
+            InvitationWorkflow.run,
+            InvitationInput(
+                account_id=input.account_id,
+                opportunity_id=input.opportunity_id,
+                stage_id=input.stage_id,
+                settings=input.settings,
+                test=test,
+                candidate_name=candidate.name,
+                candidate_email=candidate.email,
+                stage_entry=candidate.stage_entries,
+                tests_in_assessment=len(choice.tests),
+                adopt_invitation_id=earlier.get(child_ids[test.id]),
+            ),
+            id=child_ids[test.id],
+            parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
+            static_summary=decisions.summary(candidate.name, test.name, Status.RESOLVING),
+        )
 
     async def _earlier_invitations(self, child_ids: list[str]) -> dict[str, str]:
         """Invitation ids of the earlier run's children (a re-run adopts those still open).

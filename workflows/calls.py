@@ -47,7 +47,9 @@ FINAL_ERRORS = [
 ]
 START_TO_CLOSE = timedelta(seconds=15)  # the clients time out after 10 s
 SETUP_HORIZON = timedelta(days=1)
-DURABLE_MARGIN = timedelta(days=7)  # beyond expire_after: how long a live invitation's writes are retried
+DURABLE_MARGIN = timedelta(
+    days=7
+)  # beyond expire_after: how long a live invitation's writes are retried
 
 SETUP_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -130,7 +132,9 @@ class LeverOps:
     async def add_link(self, link: str) -> None:
         await self._run(
             LeverActivities.add_links,
-            LinkWrite(account_id=self.account_id, opportunity_id=self.opportunity_id, links=(link,)),
+            LinkWrite(
+                account_id=self.account_id, opportunity_id=self.opportunity_id, links=(link,)
+            ),
         )
 
     async def move_to_stage(self, stage: str) -> None:

@@ -104,7 +104,9 @@ def choose_tests(
 
     ``py_tests`` maps Py test names to ids.
     """
-    tagged = [ChosenTest(id=py_tests[t], name=t) for t in dict.fromkeys(candidate_tags) if t in py_tests]
+    tagged = [
+        ChosenTest(id=py_tests[t], name=t) for t in dict.fromkeys(candidate_tags) if t in py_tests
+    ]
     if tagged:
         return Choice(tests=tuple(tagged))
     if default_test is None:
@@ -117,7 +119,9 @@ def choose_tests(
 # --- verdict -------------------------------------------------------------------
 
 
-def verdict_for(score: float, pass_threshold: float | None, fail_threshold: float | None) -> Verdict:
+def verdict_for(
+    score: float, pass_threshold: float | None, fail_threshold: float | None
+) -> Verdict:
     """``Pass`` at or above pass, ``Fail`` at or below fail, else ``Needs Review``."""
     if pass_threshold is not None and score >= pass_threshold:
         return Verdict.PASS

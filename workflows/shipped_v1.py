@@ -250,7 +250,6 @@ class InvitationV1:
         self._set_status(Status.CANCELLED)
 
 
-
 class AssessmentV1:
     """``AssessmentWorkflow.run`` as shipped."""
 
@@ -261,7 +260,9 @@ class AssessmentV1:
         _status: Status
 
         def _set_status(self, status: Status) -> None: ...
-        def _end(self, status: Status, reason: str | None, invitations: tuple[InvitationResult, ...] = ()) -> AssessmentResult: ...
+        def _end(
+            self, status: Status, reason: str | None, invitations: tuple[InvitationResult, ...] = ()
+        ) -> AssessmentResult: ...
         async def _forward_withdrawal(self) -> None: ...
 
     async def _run_v1(self, input: AssessmentInput) -> AssessmentResult:
@@ -387,4 +388,3 @@ class AssessmentV1:
         except ActivityError as exc:  # the candidate is gone, or the key no longer works
             reason = f"{reason}; cannot tag {tag!r} in Lever: {_error_message(exc)}"
         return self._end(status, reason)
-

@@ -15,7 +15,6 @@ COPY pyproject.toml README.md ./
 COPY pylever ./pylever
 COPY workflows ./workflows
 COPY activities ./activities
-COPY sandbox ./sandbox
 COPY api.py worker.py cli.py ./
 RUN /opt/venv/bin/pip install .
 

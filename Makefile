@@ -1,10 +1,16 @@
-# py-lever: make install | make run | make test | make test-quick | make bench | make lint
+# py-lever: make install | make run | make test | make test-fast | make test-quick | make bench | make lint
+# Tests come in tiers, one folder each under tests/, marked by folder (tests/conftest.py):
+#   tests/unit         no server at all                                   (unit)
+#   tests/workflows    Temporal dev/time-skipping server + workers, Replayer (workflows)
+#   tests/integration  the whole stack in-process (session `stack` fixture) (integration)
+#   tests/system       real processes: faults, load, durability, make run (system, slow)
+# Select a tier by folder or marker, e.g. `make test PYTEST_ARGS="-m workflows"`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-quick bench lint check clean
+.PHONY: install run test test-fast test-quick bench lint fmt check clean
 
 install: $(STAMP)
 
@@ -17,18 +23,30 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/python -m sandbox.stack
 
+# All four tiers (CI: make test PYTEST_ARGS="-q").
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Everything but the real-process fault, load and durability runs (marked slow): about half the time.
+# unit + workflows: under a minute on 2 cores.
+test-fast: install
+	$(BIN)/python -m pytest tests/unit tests/workflows $(PYTEST_ARGS)
+
+# Everything but `slow`, which is now exactly the system tier: unit + workflows + integration.
 test-quick: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m bench.run
 
+# The gates CI runs: lint rules, formatting, types (mypy: pyproject's [tool.mypy]).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 check: install
 	$(BIN)/python cli.py check

@@ -311,7 +311,8 @@ class Service:
             return self._webhook_done(404, "unknown", "-", "not_found", "unknown account")
         raw = await read_body(request)
         body = parse_json_object(raw)
-        event = body.get("event") if isinstance(body.get("event"), str) else "-"
+        event_value = body.get("event")
+        event = event_value if isinstance(event_value, str) else "-"
         if not verify_lever_webhook(body, account.signature_tokens()):
             return self._webhook_done(
                 401, account_id, event, "bad_signature", "signature missing or wrong"
@@ -340,7 +341,9 @@ class Service:
             opportunity_id = self._lever_id(data, "opportunityId")
             if event == "candidateArchiveChange" and not data.get("toArchived"):
                 return self._ignored(account_id, event, "unarchived")
-            reason = "deleted" if event == "candidateDeleted" else "archived"
+            reason: Literal["archived", "deleted"] = (
+                "deleted" if event == "candidateDeleted" else "archived"
+            )
             stage_ids = await accounts.matchers[account_id].stage_ids()
             workflow_id = await self.gateway.withdraw_candidate(
                 account_id, opportunity_id, reason, stage_ids
@@ -684,6 +687,7 @@ def create_app(
             admin_token=settings.admin_token or "",
             cors_origins=settings.ui_origins,
             throttle=admin_throttle,
+            trust_local_ui=settings.codec_trust_local_ui,  # make run only, never production
         )
         if settings.admin_token
         else []

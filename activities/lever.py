@@ -38,6 +38,7 @@ from pylever.models import Candidate
 
 log = logging.getLogger("pylever.activities.lever")
 
+UNKNOWN_ACCOUNT = "UnknownAccount"  # the failure type of a call for an account not configured
 KEY_REFUSED_WARNING_INTERVAL = 60.0  # seconds between two warnings for the same account
 
 
@@ -139,7 +140,7 @@ class LeverActivities:
         if client is None:
             raise ApplicationError(
                 f"account {account_id!r} is not in this worker's configuration",
-                type="UnknownAccount",
+                type=UNKNOWN_ACCOUNT,
                 non_retryable=True,
             )
         return client
@@ -150,7 +151,7 @@ class LeverActivities:
             # The first call of a new assessment: a removed customer gets no new invitations.
             raise ApplicationError(
                 f"account {req.account_id!r} was removed from the configuration",
-                type="UnknownAccount",
+                type=UNKNOWN_ACCOUNT,
                 non_retryable=True,
             )
         client = await self._client(req.account_id)

@@ -1,7 +1,7 @@
 """4. An idle worker with many accounts: resident memory and CPU by configured accounts.
 
 For each size N (full 1, 100 and 1,000 accounts; quick 1, 100 and 300) a fresh
-stack is started (``tests/process_stack.py``: dev server, sandboxes, API, one
+stack is started (``tests/support/process_stack.py``: dev server, sandboxes, API, one
 ``python worker.py``, the production worker unchanged) whose config lists N
 accounts: ``acme`` and N-1 more (``acct-0002`` ...), each with its own Lever
 key and webhook signature token as ``env:`` references, the way
@@ -51,7 +51,7 @@ from typing import Any
 from bench.common import BenchStack, ProcProbe, Sizes, log, mib
 from sandbox._common import serve
 from sandbox.lever import LeverSandbox, _basic_credentials
-from tests.process_stack import (
+from tests.support.process_stack import (
     PYTHON,
     SECRETS,
     TRIGGER_STAGE,

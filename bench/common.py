@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: sizes, the stack, process probes, load, statistics.
 
 - ``Sizes``: full or quick (``BENCH_QUICK=1``) figures of every scenario.
-- ``BenchStack``: ``tests.process_stack.ProcessStack`` (not edited here) whose
+- ``BenchStack``: ``tests.support.process_stack.ProcessStack`` (not edited here) whose
   workers can run a thin bench wrapper around ``worker.py`` (``bench.fast_worker``)
   when a scenario raises the Lever rate beyond what the config allows.
 - ``ProcProbe``: resident memory and CPU time of a pid from ``/proc``.
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pylever.config import AppConfig, load_config
-from tests.process_stack import PYTHON, SECRETS, ManagedProcess, ProcessStack
+from tests.support.process_stack import PYTHON, SECRETS, ManagedProcess, ProcessStack
 
 T = TypeVar("T")
 

@@ -62,7 +62,7 @@ from pylever import search_attributes as sa
 from pylever.models import AssessmentInput, Status
 from pylever.signatures import sign_lever_webhook
 from pylever.triggers import trigger_settings
-from tests.process_stack import ACCOUNT, PY_ASSESSMENT_STAGE_ID, SECRETS
+from tests.support.process_stack import ACCOUNT, PY_ASSESSMENT_STAGE_ID, SECRETS
 from workflows import decisions
 from workflows.assessment import AssessmentWorkflow
 

@@ -43,8 +43,8 @@ from temporalio.client import Client
 
 from bench.accounts import ExtraAccount, ExtraAccountsStack
 from bench.common import LEVER_LIMIT, Sizes, bounded_gather, log, percentile, wait_until
-from tests.process_stack import PYTHON, TRIGGER_STAGE, ManagedProcess
-from tests.temporal_harness import free_port
+from tests.support.process_stack import PYTHON, TRIGGER_STAGE, ManagedProcess
+from tests.support.temporal_harness import free_port
 from workflows.decisions import TAG_INVITED
 
 ACCOUNT_B = "bravo"

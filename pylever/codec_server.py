@@ -38,11 +38,28 @@ The browser sends the cookie with the UI's codec requests only when
   credentials" on, Apply; it is kept in the browser's localStorage. The
   ``temporalio/ui`` image sets it for everyone with
   ``TEMPORAL_CODEC_INCLUDE_CREDENTIALS=true``; ``temporal server start-dev`` has no
-  flag for it (only ``--ui-codec-endpoint``), so ``make run`` needs those clicks;
+  flag for it (only ``--ui-codec-endpoint``), which is why ``make run`` trusts the
+  local UI instead (below);
 - the UI origin is in ``PYLEVER_UI_ORIGINS`` (CORS with credentials);
 - the UI and the API are the same *site* (SameSite=Lax): ``127.0.0.1:8233`` and
   ``127.0.0.1:8000`` are, ``localhost:8233`` and ``127.0.0.1:8000`` are not;
   in production serve both under one registrable domain, over https.
+
+The demo (``make run``): trusting the Web UI on this machine
+-----------------------------------------------------------
+With ``trust_local_ui`` (``PYLEVER_CODEC_TRUST_LOCAL_UI=1``, which ``make run`` sets and
+production must never set) ``/codec/decode`` and ``/codec/encode`` also answer a request
+with neither token nor cookie when all of these hold: the TCP peer
+(``request.client.host``, never a header) is a loopback address (127.0.0.0/8, ::1); its
+``Origin`` is one of the configured UI origins; it carries no ``Forwarded``,
+``X-Forwarded-For`` or ``X-Real-IP`` header (a proxy on the same host would make every
+client look local); and it is ``application/json``. That is what the dev server's UI
+sends: its page fetches ``<endpoint>/decode`` from the browser on this machine, with
+``Content-Type: application/json`` and ``X-Namespace`` (so after a CORS preflight) and
+without credentials, so its first screen shows decoded payloads with no sign-in. Any
+process on this machine can then decode by naming a UI origin; a web page elsewhere
+cannot (the browser sets ``Origin``). Behind a reverse proxy on the same host the peer
+is the proxy, hence: never in production. :func:`codec_routes` logs a WARNING when on.
 
 Limits. Bodies of ``/codec/decode`` and ``/codec/encode`` are at most
 ``MAX_BODY_BYTES`` (4 MiB; 413 ``payload_too_large`` above; Temporal's own payload limit
@@ -64,7 +81,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -82,6 +101,7 @@ from temporalio.api.common.v1 import Payloads
 from temporalio.converter import PayloadCodec
 
 from pylever.codec import CodecError
+from pylever.logs import log_event
 from pylever.throttle import AdminThrottle, client_address
 
 __all__ = [
@@ -106,6 +126,10 @@ SESSION_TTL = timedelta(hours=8)
 LOGIN_BODY_BYTES = 8 * 1024
 LOGIN_ENDPOINT = f"POST {CODEC_PATH}/login"
 _SESSION_KEY_LABEL = b"py-lever codec session v1"
+# Set by proxies: with one of them the loopback peer may be a proxy serving anyone.
+_PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+
+log = logging.getLogger("pylever.codec_server")
 
 
 def _error(status: int, code: str, message: str, **headers: str) -> JSONResponse:
@@ -280,6 +304,30 @@ def _origin_ok(request: Request, origins: Sequence[str]) -> bool:
     return origin is None or origin == _own_origin(request) or origin in origins
 
 
+def _loopback(host: str | None) -> bool:
+    """127.0.0.0/8, ::1 or ::ffff:127.x.y.z; anything else (a name included) is not."""
+    if not host:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def _local_ui(request: Request, origins: Sequence[str]) -> bool:
+    """The Web UI in a browser on this machine: a UI ``Origin``, a loopback TCP peer and
+    no proxy header (see "The demo" in the module's notes)."""
+    origin = request.headers.get("origin")
+    if origin is None or origin not in origins:
+        return False
+    if any(name in request.headers for name in _PROXY_HEADERS):
+        return False
+    return _loopback(request.client.host if request.client else None)
+
+
 def _cookie_path(request: Request) -> str:
     """The codec mount's path, e.g. ``/codec`` (also behind a path prefix)."""
     return request.url.path.rsplit("/", 1)[0] or "/"
@@ -309,8 +357,8 @@ def _login_token(raw: bytes, as_json: bool) -> str | None:
         fields = parse_qs(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=10)
     except (UnicodeDecodeError, ValueError):
         return None
-    values = fields.get("token") or [None]
-    return values[0]
+    tokens = fields.get("token")
+    return tokens[0] if tokens else None
 
 
 def _session_routes(
@@ -442,12 +490,14 @@ def codec_routes(
     session_ttl: timedelta = SESSION_TTL,
     clock: Callable[[], float] = time.time,
     throttle: AdminThrottle | None = None,
+    trust_local_ui: bool = False,
 ) -> list[BaseRoute]:
     """Routes serving ``POST /codec/decode`` and ``POST /codec/encode`` (with CORS), and the
     operator's browser session: ``GET``/``POST /codec/login``, ``POST /codec/logout``.
 
     ``throttle`` is shared with the API's other admin-token checks; without one these
-    routes get their own."""
+    routes get their own. ``trust_local_ui`` (the demo only, never production): decode
+    and encode also answer the Web UI on this machine without a token (module notes)."""
     if not admin_token:
         raise ValueError("codec endpoints need a non-empty admin token")
     if isinstance(cors_origins, str):
@@ -457,6 +507,14 @@ def codec_routes(
     sessions = CodecSessions(admin_token, session_ttl, clock)
     guard = throttle if throttle is not None else AdminThrottle()
     turns = asyncio.Semaphore(CODEC_THREADS)
+    if trust_local_ui:
+        log_event(
+            log,
+            f"codec trusts the local Web UI: {CODEC_PATH}/decode and /encode answer loopback "
+            "requests from a UI origin without the admin token (demo only, never production)",
+            logging.WARNING,
+            ui_origins=list(origins),
+        )
 
     def endpoint(operation: str):
         label = f"POST {CODEC_PATH}/{operation}"
@@ -467,6 +525,10 @@ def codec_routes(
                 # forces a CORS preflight cross-origin.
                 if not _origin_ok(request, origins):
                     return _error(403, "forbidden_origin", "origin not allowed")
+                if not _is_json(request):
+                    return _error(415, "unsupported_media_type", "send application/json")
+            elif trust_local_ui and _local_ui(request, origins):
+                # The demo's Web UI on this machine (no token): JSON only, as with a cookie.
                 if not _is_json(request):
                     return _error(415, "unsupported_media_type", "send application/json")
             else:

@@ -6,6 +6,8 @@ message: never a credential or a query string.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ApiError(Exception):
     """An answer from Lever or Py that is not a success, or no answer at all."""
@@ -58,7 +60,7 @@ class RetryableApiError(ApiError):
 
 
 class RateLimitedError(RetryableApiError):
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
 

@@ -25,7 +25,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -136,7 +136,9 @@ def build_query(params: Params | None = None, verbatim: Mapping[str, str] | None
     for name, value in (params or {}).items():
         if value is None:
             continue
-        values = value if isinstance(value, list | tuple) else [value]
+        values: Sequence[Scalar] = (
+            value if isinstance(value, list | tuple) else [cast(Scalar, value)]
+        )
         for item in values:
             pairs.append(f"{quote(name, safe='')}={quote(_text(item), safe='')}")
     for name, token in (verbatim or {}).items():
@@ -284,7 +286,7 @@ class ApiTransport:
 
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
-        return self._jitter() * min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
+        return self._jitter() * min(self._backoff_cap, self._backoff_base * 2.0 ** (attempt - 1))
 
     def _observe(self, endpoint: str, status: str, started: float) -> None:
         EXTERNAL_CALLS.labels(self.service, endpoint, status).inc()

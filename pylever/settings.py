@@ -18,6 +18,9 @@ class Settings:
     ui_origins: tuple[str, ...] = ("http://127.0.0.1:8233", "http://localhost:8233")
     # GET /metrics (it names every account) asks for the admin token, as the status endpoint.
     metrics_require_admin: bool = False
+    # The demo only (make run sets it; production never): /codec answers the Web UI on
+    # this machine without the admin token (pylever.codec_server, "The demo").
+    codec_trust_local_ui: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -34,6 +37,7 @@ class Settings:
             if origins
             else cls.ui_origins,
             metrics_require_admin=_flag(env.get("PYLEVER_METRICS_REQUIRE_ADMIN")),
+            codec_trust_local_ui=_explicitly_on(env.get("PYLEVER_CODEC_TRUST_LOCAL_UI")),
         )
 
 
@@ -44,3 +48,12 @@ def _flag(value: str | None) -> bool:
     """A switch: unset, empty, 0, false, no, off are off; any other value is on (so a
     misspelt value fails closed rather than leaving the endpoint open)."""
     return (value or "").strip().lower() not in _OFF
+
+
+_ON = frozenset({"1", "true", "yes", "on"})
+
+
+def _explicitly_on(value: str | None) -> bool:
+    """A switch that opens something: only 1, true, yes, on turn it on (a misspelt value
+    leaves it off, closed)."""
+    return (value or "").strip().lower() in _ON

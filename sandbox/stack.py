@@ -6,6 +6,8 @@ Without ``PYLEVER_CONFIG`` it runs ``config/demo.toml`` with demo secrets.
 Ports and the data folder can be moved (tests do): ``PYLEVER_API_PORT`` (8000),
 ``PYLEVER_TEMPORAL_PORT`` (7233), ``PYLEVER_UI_PORT`` (8233), ``PYLEVER_DATA_DIR``
 (``.data``); the sandboxes listen where the config's URLs point.
+The codec endpoint trusts the Web UI on this machine (``PYLEVER_CODEC_TRUST_LOCAL_UI=1``,
+unless set otherwise), so the UI shows decoded payloads with no sign-in.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from urllib.parse import urlparse
 
 from pylever.codec import generate_key
 from pylever.config import ConfigError, load_config
+from pylever.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".data"
@@ -47,17 +50,29 @@ def _persistent_demo_key(data: Path) -> str:
     return path.read_text().strip()
 
 
-def _wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+def _wait_port(
+    host: str, port: int, timeout: float, proc: subprocess.Popen[bytes], name: str
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+            raise RuntimeError(f"{name} exited with {proc.returncode}")
         with socket.socket() as sock:
             sock.settimeout(0.5)
             if sock.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.2)
     raise RuntimeError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+
+
+def ui_env(env: dict[str, str], ui_port: int) -> None:
+    """The dev UI's origins, and the codec's trust in them, unless ``env`` says otherwise.
+
+    The dev server's UI sends no token and cannot be told to include the codec's session
+    cookie, so the API (listening on 127.0.0.1 only) answers loopback codec requests from
+    those origins without one. Demo only: production never sets it."""
+    env.setdefault("PYLEVER_UI_ORIGINS", f"http://127.0.0.1:{ui_port},http://localhost:{ui_port}")
+    env.setdefault("PYLEVER_CODEC_TRUST_LOCAL_UI", "1")
 
 
 def _interrupt(*_: object) -> None:
@@ -120,7 +135,7 @@ def main() -> int:
     temporal_port = int(env.get("PYLEVER_TEMPORAL_PORT", "7233"))
     ui_port = int(env.get("PYLEVER_UI_PORT", "8233"))
     env.setdefault("TEMPORAL_ADDRESS", f"127.0.0.1:{temporal_port}")
-    env.setdefault("PYLEVER_UI_ORIGINS", f"http://127.0.0.1:{ui_port},http://localhost:{ui_port}")
+    ui_env(env, ui_port)
 
     stack = Stack()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -208,7 +223,7 @@ def main() -> int:
                 },
             )
             sandboxes.append(f"Py sandbox       http://127.0.0.1:{py_url.port}")
-        _wait_port("127.0.0.1", temporal_port, 60, temporal)
+        _wait_port("127.0.0.1", temporal_port, 60, temporal, "Temporal dev server")
         stack.start("worker", [sys.executable, "worker.py"], env)
         api = stack.start(
             "API",
@@ -228,14 +243,18 @@ def main() -> int:
             ],
             env,
         )
-        _wait_port("127.0.0.1", api_port, 60, api)
+        _wait_port("127.0.0.1", api_port, 60, api, "API")
         lines = [
             "",
             "py-lever is running:",
             f"  API              http://127.0.0.1:{api_port}  (/healthz, /readyz, /metrics)",
             f'  Temporal UI      http://127.0.0.1:{ui_port}  (filter: PyStatus="invited")',
-            f"  payloads in UI   sign in at http://127.0.0.1:{api_port}/codec/login with the admin"
-            " token (use 127.0.0.1, not localhost)",
+            (
+                "  payloads in UI   decoded by the API's codec (it trusts this machine's UI)"
+                if Settings.from_env(env).codec_trust_local_ui
+                else f"  payloads in UI   sign in at http://127.0.0.1:{api_port}/codec/login"
+                " with the admin token (use 127.0.0.1, not localhost)"
+            ),
             f"  Temporal gRPC    127.0.0.1:{temporal_port}",
             *[f"  {s}" for s in sandboxes],
             f"  config           {env['PYLEVER_CONFIG']}",

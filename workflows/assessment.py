@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -48,7 +49,7 @@ with workflow.unsafe.imports_passed_through():
     # the sandbox's import hook, so decisions.py was executed again for every workflow
     # instance (twice the CPU and memory of creating one; see docs/benchmarks.md).
     import workflows.decisions as decisions
-    from activities.py import CreateInvitation, FindTests, PyActivities
+    from activities.py import PY_CONTRACT_ERROR, CreateInvitation, FindTests, PyActivities
     from activities.temporal_ops import TemporalActivities
     from pylever import search_attributes as sa
     from pylever.models import (
@@ -333,7 +334,7 @@ class InvitationWorkflow(InvitationV1):
                 raise
             self._error = _error_message(exc)
             workflow.logger.warning("Py call failed for good: %s", self._error)
-            if _failure_type(exc) == "PyContractError":
+            if _failure_type(exc) == PY_CONTRACT_ERROR:
                 self._halt = PY_CONTRACT
             return None
 
@@ -533,7 +534,7 @@ class InvitationWorkflow(InvitationV1):
 
     def _set_status(self, status: Status) -> None:
         self._status = status
-        updates = [sa.PY_STATUS.value_set(status.value)]
+        updates: list[SearchAttributeUpdate[Any]] = [sa.PY_STATUS.value_set(status.value)]
         if self._verdict is not None:
             updates.append(sa.PY_VERDICT.value_set(self._verdict.value))
         if self._score is not None:
@@ -772,7 +773,7 @@ class AssessmentWorkflow(AssessmentV1):
                 settings=input.settings,
                 test=test,
                 candidate_name=candidate.name,
-                candidate_email=candidate.email,
+                candidate_email=candidate.email or "",  # never empty here: checked in run
                 stage_entry=candidate.stage_entries,
                 tests_in_assessment=len(choice.tests),
                 adopt_invitation_id=earlier.get(child_ids[test.id]),

@@ -18,8 +18,9 @@ The failure ``type`` is the client error's class name (``activities.errors``).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import Priority, RetryPolicy
@@ -27,6 +28,7 @@ from temporalio.common import Priority, RetryPolicy
 with workflow.unsafe.imports_passed_through():
     import workflows.decisions as decisions
     from activities.lever import (
+        UNKNOWN_ACCOUNT,
         LeverActivities,
         LinkWrite,
         OpportunityRef,
@@ -34,17 +36,27 @@ with workflow.unsafe.imports_passed_through():
         StageMove,
         TagWrite,
     )
+    from activities.py import PY_CONTRACT_ERROR
+    from pylever.errors import (
+        BadRequestError,
+        ConflictError,
+        NotFoundError,
+        PermanentApiError,
+        UnknownStageError,
+    )
     from pylever.models import Candidate, TriggerSettings
 
-# 4xx answers that no retry changes (AuthError is not one: keys get rotated).
-FINAL_ERRORS = [
-    "BadRequestError",
-    "NotFoundError",
-    "ConflictError",
-    "PermanentApiError",
-    "UnknownStageError",
-    "PyContractError",
-]
+# Answers that no retry changes: 4xx (AuthError is not one: keys get rotated), and a Py
+# record that breaks the contract. A failure's type is its error class's name
+# (activities/errors.py), so the list is made from the classes.
+_FINAL_CLASSES = (
+    BadRequestError,
+    NotFoundError,
+    ConflictError,
+    PermanentApiError,
+    UnknownStageError,
+)
+FINAL_ERRORS = [*(cls.__name__ for cls in _FINAL_CLASSES), PY_CONTRACT_ERROR]
 START_TO_CLOSE = timedelta(seconds=15)  # the clients time out after 10 s
 SETUP_HORIZON = timedelta(days=1)
 DURABLE_MARGIN = timedelta(
@@ -55,7 +67,7 @@ SETUP_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=5),
-    non_retryable_error_types=[*FINAL_ERRORS, "UnknownAccount"],  # (it is also non_retryable)
+    non_retryable_error_types=[*FINAL_ERRORS, UNKNOWN_ACCOUNT],  # (it is also non_retryable)
 )
 # Retries back off to one every 30 minutes: a key rotated in minutes is retried within about a
 # minute of working again; an outage of days costs Lever 48 requests a day per waiting write.
@@ -65,6 +77,13 @@ DURABLE_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=30),
     non_retryable_error_types=FINAL_ERRORS,
 )
+
+
+ArgT = TypeVar("ArgT")
+ResultT = TypeVar("ResultT")
+# An activity method of LeverActivities / PyActivities: the type checker holds each call's
+# argument and result to the activity's own signature.
+ActivityMethod = Callable[[Any, ArgT], Awaitable[ResultT]]
 
 
 def durable_horizon(settings: TriggerSettings) -> timedelta:
@@ -95,7 +114,7 @@ class LeverOps:
     def durable(self, horizon: timedelta) -> LeverOps:
         return LeverOps(self.account_id, self.opportunity_id, horizon)
 
-    async def _run(self, method: Any, arg: Any) -> Any:
+    async def _run(self, method: ActivityMethod[ArgT, ResultT], arg: ArgT) -> ResultT:
         return await workflow.execute_activity_method(
             method,
             arg,
@@ -147,7 +166,9 @@ class LeverOps:
         return TagWrite(account_id=self.account_id, opportunity_id=self.opportunity_id, tags=tags)
 
 
-async def py_call(method: Any, arg: Any, horizon: timedelta | None = None) -> Any:
+async def py_call(
+    method: ActivityMethod[ArgT, ResultT], arg: ArgT, horizon: timedelta | None = None
+) -> ResultT:
     """A Py activity: setup policy by default, the durable one with a ``horizon``."""
     return await workflow.execute_activity_method(
         method,

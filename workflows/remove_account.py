@@ -206,7 +206,9 @@ class RemoveAccountWorkflow:
 
     @staticmethod
     async def _signal(workflow_id: str) -> bool:
-        handle = workflow.get_external_workflow_handle_for(AssessmentWorkflow.run, workflow_id)
+        handle: workflow.ExternalWorkflowHandle[AssessmentWorkflow] = (
+            workflow.get_external_workflow_handle_for(AssessmentWorkflow.run, workflow_id)
+        )
         try:
             await handle.signal(AssessmentWorkflow.withdraw, Withdrawal(reason="account_removed"))
         except Exception as exc:  # it finished between the listing and the signal

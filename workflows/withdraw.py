@@ -155,7 +155,9 @@ class WithdrawCandidateWorkflow:
 
     @staticmethod
     async def _signal(workflow_id: str, reason: Literal["archived", "deleted"]) -> bool:
-        handle = workflow.get_external_workflow_handle_for(AssessmentWorkflow.run, workflow_id)
+        handle: workflow.ExternalWorkflowHandle[AssessmentWorkflow] = (
+            workflow.get_external_workflow_handle_for(AssessmentWorkflow.run, workflow_id)
+        )
         try:
             await handle.signal(AssessmentWorkflow.withdraw, Withdrawal(reason=reason))
         except Exception:  # no such assessment, or it has finished
@@ -171,7 +173,9 @@ class WithdrawCandidateWorkflow:
             retry_policy=_RETRY,
         )
         for workflow_id in running:
-            handle = workflow.get_external_workflow_handle_for(AssessmentWorkflow.run, workflow_id)
+            handle: workflow.ExternalWorkflowHandle[AssessmentWorkflow] = (
+                workflow.get_external_workflow_handle_for(AssessmentWorkflow.run, workflow_id)
+            )
             try:
                 await handle.signal(AssessmentWorkflow.withdraw, Withdrawal(reason=input.reason))
             except Exception:  # finished between the listing and the signal

@@ -1,0 +1,1 @@
+"""Test support: the in-process stack, the real-process stack, the Temporal harness, helpers."""

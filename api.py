@@ -41,13 +41,13 @@ from pylever import metrics
 from pylever.codec import codec_from_env, data_converter
 from pylever.codec_server import codec_routes
 from pylever.config import Account, AppConfig, load_config_or_exit
+from pylever.contracts import AssessmentInput, InvitationRecord, PyEvent, report_url_problem
 from pylever.deliveries import DeliveryLedger
 from pylever.errors import ApiError
 from pylever.gateway import Gateway, TemporalUnavailable
 from pylever.http_limits import BODY_TIMEOUT, BodyLimits, body_timeout_from_env
 from pylever.lever_client import LeverClient
 from pylever.logs import configure_logging, log_event
-from pylever.models import AssessmentInput, InvitationRecord, PyEvent, report_url_problem
 from pylever.reload import AccountChanges, ConfigReloader
 from pylever.settings import Settings
 from pylever.signatures import PySignatureError, verify_lever_webhook, verify_py_signature

@@ -56,8 +56,9 @@ from pylever.reload import AccountChanges, ConfigReloader
 from pylever.settings import Settings
 from pylever.unconfigured import warn_about_unconfigured
 from pylever.worker_metrics import serve_worker_metrics
-from workflows.assessment import AssessmentWorkflow, InvitationWorkflow
+from workflows.assessment import AssessmentWorkflow
 from workflows.decisions import lever_task_queue
+from workflows.invitation import InvitationWorkflow
 from workflows.queue_migration import LeverQueueMigrationWorkflow
 from workflows.remove_account import RemoveAccountWorkflow
 from workflows.withdraw import WithdrawCandidateWorkflow

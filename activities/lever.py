@@ -25,43 +25,27 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import activity_errors
+from pylever.contracts import (
+    Candidate,
+    LinkWrite,
+    OpportunityRef,
+    ReadCandidate,
+    StageMove,
+    TagWrite,
+)
 from pylever.errors import ApiError, AuthError
 from pylever.lever_client import LeverClient
 from pylever.logs import log_event
 from pylever.metrics import LEVER_AUTH_REFUSALS, LEVER_KEY_REFUSED
-from pylever.models import Candidate
 
 log = logging.getLogger("pylever.activities.lever")
 
 UNKNOWN_ACCOUNT = "UnknownAccount"  # the failure type of a call for an account not configured
 KEY_REFUSED_WARNING_INTERVAL = 60.0  # seconds between two warnings for the same account
-
-
-class OpportunityRef(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    account_id: str
-    opportunity_id: str
-
-
-class ReadCandidate(OpportunityRef):
-    stage_id: str
-
-
-class TagWrite(OpportunityRef):
-    tags: tuple[str, ...]
-
-
-class LinkWrite(OpportunityRef):
-    links: tuple[str, ...]
-
-
-class StageMove(OpportunityRef):
-    stage: str  # a stage name or id, as configured
 
 
 def _key_accepted_by(exc: ApiError) -> bool:

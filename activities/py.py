@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import activity_errors
+from pylever.contracts import (
+    CreateInvitation,
+    FindTests,
+    InvitationRecord,
+    report_url_problem,
+)
 from pylever.errors import ConflictError, NotFoundError
-from pylever.models import InvitationRecord, report_url_problem
 from pylever.py_client import Invitation, PyClient
-
-
-class FindTests(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    names: tuple[str, ...]
-
-
-class CreateInvitation(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    reference: str  # the invitation workflow's id; also the idempotency key
-    test_id: str
-    candidate_name: str
-    candidate_email: str
-    idempotency_key: str | None = None  # default: the reference (decisions.idempotency_key)
-
 
 PY_CONTRACT_ERROR = "PyContractError"
 

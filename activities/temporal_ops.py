@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 
-from pydantic import BaseModel, ConfigDict
 from temporalio import activity
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
@@ -18,30 +17,13 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from pylever import search_attributes as sa
-from pylever.models import AssessmentResult
+from pylever.contracts import (
+    AccountPage,
+    AssessmentPage,
+    AssessmentResult,
+    CandidateRef,
+)
 from workflows import decisions
-
-
-class CandidateRef(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    account_id: str
-    opportunity_id: str
-    already_deleted: tuple[str, ...] = ()  # workflow_id/run_id deleted by id: not counted again
-
-
-class AccountPage(BaseModel):
-    """A page of an account's running assessments: ``page_token`` None for the first."""
-
-    model_config = ConfigDict(frozen=True)
-    account_id: str
-    page_token: str | None = None  # base64 of Temporal's next_page_token
-    page_size: int = 100
-
-
-class AssessmentPage(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    workflow_ids: tuple[str, ...] = ()
-    next_page_token: str | None = None  # None: that was the last page
 
 
 class TemporalActivities:

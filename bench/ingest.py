@@ -59,7 +59,7 @@ from bench.common import (
     stack_config,
 )
 from pylever import search_attributes as sa
-from pylever.models import AssessmentInput, Status
+from pylever.contracts import AssessmentInput, Status
 from pylever.signatures import sign_lever_webhook
 from pylever.triggers import trigger_settings
 from tests.support.process_stack import ACCOUNT, PY_ASSESSMENT_STAGE_ID, SECRETS

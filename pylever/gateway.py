@@ -33,14 +33,19 @@ from temporalio.exceptions import ApplicationError, FailureError, WorkflowAlread
 from temporalio.service import RPCError, RPCStatusCode
 
 from pylever import search_attributes as sa
-from pylever.models import RERUNNABLE, AssessmentInput, PyEvent, Status, Withdrawal, WithdrawInput
-from workflows import decisions
-from workflows.assessment import AssessmentWorkflow, InvitationWorkflow
-from workflows.remove_account import (
+from pylever.contracts import (
+    RERUNNABLE,
+    AssessmentInput,
+    PyEvent,
     RemoveAccountInput,
-    RemoveAccountWorkflow,
-    remove_account_workflow_id,
+    Status,
+    Withdrawal,
+    WithdrawInput,
 )
+from workflows import decisions
+from workflows.assessment import AssessmentWorkflow
+from workflows.invitation import InvitationWorkflow
+from workflows.remove_account import RemoveAccountWorkflow, remove_account_workflow_id
 from workflows.withdraw import WithdrawCandidateWorkflow
 
 RPC_TIMEOUT = timedelta(seconds=5)

@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 
 from pylever.config import Account, AppConfig, Trigger
+from pylever.contracts import TriggerSettings
 from pylever.errors import ApiError
 from pylever.lever_client import LeverClient
 from pylever.logs import log_event
-from pylever.models import TriggerSettings
 
 log = logging.getLogger("pylever.triggers")
 

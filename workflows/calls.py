@@ -24,19 +24,21 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import Priority, RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     import workflows.decisions as decisions
-    from activities.lever import (
-        UNKNOWN_ACCOUNT,
-        LeverActivities,
+    from activities.lever import UNKNOWN_ACCOUNT, LeverActivities
+    from activities.py import PY_CONTRACT_ERROR
+    from pylever.contracts import (
+        Candidate,
         LinkWrite,
         OpportunityRef,
         ReadCandidate,
         StageMove,
         TagWrite,
+        TriggerSettings,
     )
-    from activities.py import PY_CONTRACT_ERROR
     from pylever.errors import (
         BadRequestError,
         ConflictError,
@@ -44,7 +46,6 @@ with workflow.unsafe.imports_passed_through():
         PermanentApiError,
         UnknownStageError,
     )
-    from pylever.models import Candidate, TriggerSettings
 
 # Answers that no retry changes: 4xx (AuthError is not one: keys get rotated), and a Py
 # record that breaks the contract. A failure's type is its error class's name
@@ -84,6 +85,18 @@ ResultT = TypeVar("ResultT")
 # An activity method of LeverActivities / PyActivities: the type checker holds each call's
 # argument and result to the activity's own signature.
 ActivityMethod = Callable[[Any, ArgT], Awaitable[ResultT]]
+
+
+def error_message(exc: BaseException) -> str:
+    """What a failed activity or child said (its cause's message, or its class)."""
+    cause = exc.cause if isinstance(exc, ActivityError | ChildWorkflowError) and exc.cause else exc
+    return str(cause) or type(cause).__name__
+
+
+def failure_type(exc: BaseException) -> str | None:
+    """A failed activity's ``type``: the client error's class name (``activities.errors``)."""
+    cause = exc.cause if isinstance(exc, ActivityError) else exc
+    return cause.type if isinstance(cause, ApplicationError) else None
 
 
 def durable_horizon(settings: TriggerSettings) -> timedelta:
@@ -179,4 +192,13 @@ async def py_call(
     )
 
 
-__all__ = ["DURABLE_RETRY", "FINAL_ERRORS", "SETUP_RETRY", "LeverOps", "durable_horizon", "py_call"]
+__all__ = [
+    "DURABLE_RETRY",
+    "FINAL_ERRORS",
+    "SETUP_RETRY",
+    "LeverOps",
+    "durable_horizon",
+    "error_message",
+    "failure_type",
+    "py_call",
+]

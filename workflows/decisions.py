@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pylever.models import ChosenTest, InvitationResult, Status, TriggerSettings, Verdict
+from pylever.contracts import ChosenTest, InvitationResult, Status, TriggerSettings, Verdict
 
 TAG_INVITED = "Py - Invited"
 TAG_STARTED = "Py - Started"

@@ -34,48 +34,25 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta
 
-from pydantic import BaseModel, ConfigDict
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     import workflows.decisions as decisions
-    from activities.temporal_ops import AccountPage, AssessmentPage, TemporalActivities
-    from pylever.models import Withdrawal
+    from activities.temporal_ops import TemporalActivities
+    from pylever.contracts import (
+        AccountPage,
+        AssessmentPage,
+        RemoveAccountInput,
+        RemoveAccountResult,
+        Withdrawal,
+    )
     from workflows.assessment import AssessmentWorkflow
 
-SETTLE_SECONDS = 15  # between the first listing and the second
-QUIET_SECONDS = 120  # the longest interval; nothing new for this long ends the listings
-HORIZON_SECONDS = 15 * 60  # no listing later than this after the first
-SIGNALS_PER_RUN = 500  # then continue-as-new
 CARRIED_IDS = 2000  # signalled ids carried into the next run
-PAGE_SIZE = 100
 
 _RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
-
-
-class RemoveAccountInput(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    account_id: str
-    settle_seconds: int = SETTLE_SECONDS  # 0: list once
-    quiet_seconds: int = QUIET_SECONDS
-    horizon_seconds: int = HORIZON_SECONDS
-    page_size: int = PAGE_SIZE
-    signals_per_run: int = SIGNALS_PER_RUN
-    # Carried by continue-as-new (a first run has none of these).
-    found: int = 0
-    signalled: int = 0
-    seen: tuple[str, ...] = ()
-    first_listing_at: datetime | None = None
-    quiet_since: datetime | None = None  # the first listing of a run of empty ones
-    page_token: str | None = None  # the listing in progress
-
-
-class RemoveAccountResult(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    found: int = 0  # running assessments listed (each counted once)
-    signalled: int = 0  # of those, told to withdraw (the others had finished meanwhile)
 
 
 def remove_account_workflow_id(account_id: str) -> str:

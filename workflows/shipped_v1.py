@@ -24,12 +24,14 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     import workflows.decisions as decisions
-    from activities.py import CreateInvitation, FindTests, PyActivities
+    from activities.py import PyActivities
     from pylever import search_attributes as sa
-    from pylever.models import (
+    from pylever.contracts import (
         AssessmentInput,
         AssessmentResult,
         ChosenTest,
+        CreateInvitation,
+        FindTests,
         InvitationInput,
         InvitationRecord,
         InvitationResult,

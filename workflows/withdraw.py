@@ -44,10 +44,11 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     import workflows.decisions as decisions
-    from activities.temporal_ops import CandidateRef, TemporalActivities
-    from pylever.models import Withdrawal, WithdrawInput
-    from workflows.assessment import DURABLE, AssessmentWorkflow
+    from activities.temporal_ops import TemporalActivities
+    from pylever.contracts import CandidateRef, Withdrawal, WithdrawInput
+    from workflows.assessment import AssessmentWorkflow
     from workflows.calls import LeverOps
+    from workflows.versions import DURABLE
 
 # When Lever is asked again if its first answer does not confirm the webhook.
 RECHECKS = (timedelta(seconds=10), timedelta(minutes=1), timedelta(minutes=5))

@@ -21,7 +21,7 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 
 from pylever import search_attributes as sa
-from pylever.models import Status
+from pylever.contracts import Status
 from tests.integration.test_lifecycle import (
     Case,
     Lifecycle,

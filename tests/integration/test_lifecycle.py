@@ -50,7 +50,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from pylever import search_attributes as sa
-from pylever.models import AssessmentResult, Status
+from pylever.contracts import AssessmentResult, Status
 from sandbox.lever import PY_ASSESSMENT_STAGE_ID
 from tests.support.integration_stack import ADMIN_TOKEN, Stack, running_stack
 from tests.support.pipeline_support import PY_TESTS, assessment_id, lever_control_url

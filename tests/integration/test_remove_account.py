@@ -21,15 +21,19 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus
 
+from pylever.contracts import (
+    InvitationResult,
+    RemoveAccountInput,
+    RemoveAccountResult,
+    Status,
+    Withdrawal,
+)
 from pylever.gateway import Gateway
-from pylever.models import InvitationResult, Status, Withdrawal
 from tests.integration.test_lifecycle import RequestSpy
 from tests.support.integration_stack import Stack, running_stack
 from workflows import decisions
 from workflows.decisions import TAG_INVITED
 from workflows.remove_account import (
-    RemoveAccountInput,
-    RemoveAccountResult,
     RemoveAccountWorkflow,
     next_listing_in,
     quiet_enough,

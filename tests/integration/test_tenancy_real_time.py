@@ -22,7 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 with workflow.unsafe.imports_passed_through():
-    from activities.lever import TagWrite
+    from pylever.contracts import TagWrite
     from pylever.legacy_queues import LegacyQueueDrain, cutover
     from pylever.lever_limits import apply_lever_limits
     from tests.support.process_stack import FAIRNESS_ARGS, partition_args

@@ -24,7 +24,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from pylever.codec import AesGcmCodec, data_converter
 from pylever.config import AppConfig, parse_config
-from pylever.models import AssessmentResult
+from pylever.contracts import AssessmentResult
 from pylever.settings import Settings
 from sandbox.lever import PY_ASSESSMENT_STAGE_ID, TECHNICAL_SCREEN_STAGE_ID, LeverSandbox
 from sandbox.py import PySandbox

@@ -15,7 +15,7 @@ import httpx
 from temporalio.client import WorkflowExecutionDescription
 from temporalio.service import RPCError, RPCStatusCode
 
-from pylever.models import AssessmentResult
+from pylever.contracts import AssessmentResult
 from pylever.signatures import sign_lever_webhook
 from sandbox.lever import LeverSandbox
 from sandbox.py import build_callback

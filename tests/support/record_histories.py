@@ -52,15 +52,14 @@ from temporalio.service import RPCError, RPCStatusCode
 import worker
 from activities.temporal_ops import TemporalActivities
 from pylever import search_attributes as sa
+from pylever.contracts import RemoveAccountResult, Status
 from pylever.gateway import Gateway
-from pylever.models import Status
 from tests.integration.test_forged_withdrawals import ACME_TOKEN, withdrawal_data
 from tests.integration.test_lifecycle import start_lifecycle_env, unstamped_client
 from tests.support.integration_stack import ON_SITE, Stack, running_stack
 from tests.support.pipeline_support import PY_TESTS, post_webhook, signed, webhooks_off
 from tests.support.temporal_harness import wait_for_visibility
 from workflows import decisions
-from workflows.remove_account import RemoveAccountResult
 
 Histories = dict[str, WorkflowHistory]
 Recording = Callable[[Stack], Awaitable[Histories]]

@@ -1,4 +1,4 @@
-"""Durability promises (workflows/assessment.py) against the deployment as real processes.
+"""Durability promises (workflows/invitation.py, workflows/assessment.py) against the deployment as real processes.
 
 Lever refusing the key while a result arrives, an operator cancelling through
 ``cli.py cancel`` and ``temporal workflow cancel``, a candidate archived 100 ms

@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pylever.models import AssessmentResult, Status
+from pylever.contracts import AssessmentResult, RemoveAccountResult, Status
 from pylever.signatures import sign_lever_webhook
 from tests.support.process_stack import (
     ACCOUNT,
@@ -54,11 +54,7 @@ from workflows.decisions import (
     TAG_PASS,
     assessment_workflow_id,
 )
-from workflows.remove_account import (
-    RemoveAccountResult,
-    RemoveAccountWorkflow,
-    remove_account_workflow_id,
-)
+from workflows.remove_account import RemoveAccountWorkflow, remove_account_workflow_id
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,8 @@ import pytest
 from prometheus_client import REGISTRY
 from temporalio.exceptions import ApplicationError
 
-from activities.lever import LeverActivities, LinkWrite, ReadCandidate, StageMove, TagWrite
+from activities.lever import LeverActivities
+from pylever.contracts import LinkWrite, ReadCandidate, StageMove, TagWrite
 from pylever.lever_client import LeverClient
 from pylever.worker_metrics import start_metrics_server
 from sandbox.lever import LeverSandbox

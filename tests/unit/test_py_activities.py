@@ -18,7 +18,8 @@ import httpx
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.py import CreateInvitation, FindTests, PyActivities
+from activities.py import PyActivities
+from pylever.contracts import CreateInvitation, FindTests
 from pylever.py_client import Invitation, PyClient
 from sandbox.py import PySandbox
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from pylever.config import Account, AppConfig, parse_config
+from pylever.contracts import TriggerSettings
 from pylever.lever_client import Stage
-from pylever.models import TriggerSettings
 from pylever.triggers import TriggerMatcher, trigger_settings
 
 PY_ASSESSMENT_ID = "7c2690d8-6308-4ed9-ae2a-cbfe7db26593"

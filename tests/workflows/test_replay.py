@@ -108,15 +108,19 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from activities.py import FindTests, PyActivities
-from activities.temporal_ops import CandidateRef, TemporalActivities
+from activities.py import PyActivities
+from activities.temporal_ops import TemporalActivities
 from pylever import search_attributes as sa
 from pylever.codec import AesGcmCodec, data_converter
-from pylever.models import (
+from pylever.contracts import (
     AssessmentInput,
     AssessmentResult,
+    CandidateRef,
+    FindTests,
     InvitationInput,
     InvitationResult,
+    RemoveAccountInput,
+    RemoveAccountResult,
     Status,
     Withdrawal,
     WithdrawInput,
@@ -124,8 +128,11 @@ from pylever.models import (
 from tests.support import record_histories
 from tests.support.integration_stack import PAYLOAD_KEY
 from workflows import decisions
-from workflows.assessment import DURABLE, AssessmentWorkflow, InvitationWorkflow, _LeverOps
-from workflows.remove_account import RemoveAccountInput, RemoveAccountResult, RemoveAccountWorkflow
+from workflows.assessment import AssessmentWorkflow
+from workflows.calls import LeverOps as _LeverOps
+from workflows.invitation import InvitationWorkflow
+from workflows.remove_account import RemoveAccountWorkflow
+from workflows.versions import DURABLE
 from workflows.withdraw import WithdrawCandidateWorkflow
 
 HISTORIES = Path(__file__).resolve().parents[1] / "histories"

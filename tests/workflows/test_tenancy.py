@@ -28,8 +28,9 @@ with workflow.unsafe.imports_passed_through():
     import httpx
     from pydantic import SecretStr
 
-    from activities.lever import LeverActivities, ReadCandidate, TagWrite
+    from activities.lever import LeverActivities
     from pylever.config import Account
+    from pylever.contracts import ReadCandidate, TagWrite
     from pylever.legacy_queues import (
         LegacyQueueDrain,
         account_of,

@@ -17,20 +17,23 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.lever import ReadCandidate, TagWrite
-from activities.py import CreateInvitation, FindTests
 from pylever.codec import data_converter
-from pylever.models import (
+from pylever.contracts import (
     AssessmentInput,
     AssessmentResult,
     Candidate,
+    CreateInvitation,
+    FindTests,
     InvitationRecord,
+    ReadCandidate,
     Status,
+    TagWrite,
     TriggerSettings,
 )
 from tests.support.temporal_harness import start_dev_server
-from workflows.assessment import AssessmentWorkflow, InvitationWorkflow
+from workflows.assessment import AssessmentWorkflow
 from workflows.decisions import lever_task_queue
+from workflows.invitation import InvitationWorkflow
 
 QUEUE = "wf-failures"
 SETTINGS = TriggerSettings(stage="s", default_test="Python Basics", expire_after_seconds=3600)

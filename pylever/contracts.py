@@ -1,7 +1,10 @@
-"""Small typed records exchanged by the API, the workflows and the activities.
+"""Every record that crosses a Temporal boundary: workflow inputs and results,
+signals, and the activities' arguments and results.
 
 They travel through Temporal with the pydantic data converter, encrypted by the
-payload codec. Keep them small: ids, not whole Lever opportunities.
+payload codec. Keep them small: ids, not whole Lever opportunities. A field added
+here must have a default (histories recorded before it still decode), and a
+field is never renamed or removed while a running execution may carry it.
 """
 
 from __future__ import annotations
@@ -179,3 +182,103 @@ class WithdrawInput(_Record):
     # The account's trigger stage ids: the candidate's assessments are reached by their
     # deterministic ids (decisions.assessment_workflow_id), not through visibility.
     stage_ids: tuple[str, ...] = ()
+
+
+# --- Lever activities (activities/lever.py) ------------------------------------
+
+
+class OpportunityRef(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    account_id: str
+    opportunity_id: str
+
+
+class ReadCandidate(OpportunityRef):
+    stage_id: str
+
+
+class TagWrite(OpportunityRef):
+    tags: tuple[str, ...]
+
+
+class LinkWrite(OpportunityRef):
+    links: tuple[str, ...]
+
+
+class StageMove(OpportunityRef):
+    stage: str  # a stage name or id, as configured
+
+
+# --- Py activities (activities/py.py) ------------------------------------------
+
+
+class FindTests(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    names: tuple[str, ...]
+
+
+class CreateInvitation(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    reference: str  # the invitation workflow's id; also the idempotency key
+    test_id: str
+    candidate_name: str
+    candidate_email: str
+    idempotency_key: str | None = None  # default: the reference (decisions.idempotency_key)
+
+
+# --- Temporal activities (activities/temporal_ops.py) --------------------------
+
+
+class CandidateRef(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    account_id: str
+    opportunity_id: str
+    already_deleted: tuple[str, ...] = ()  # workflow_id/run_id deleted by id: not counted again
+
+
+class AccountPage(BaseModel):
+    """A page of an account's running assessments: ``page_token`` None for the first."""
+
+    model_config = ConfigDict(frozen=True)
+    account_id: str
+    page_token: str | None = None  # base64 of Temporal's next_page_token
+    page_size: int = 100
+
+
+class AssessmentPage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    workflow_ids: tuple[str, ...] = ()
+    next_page_token: str | None = None  # None: that was the last page
+
+
+# --- account removal (workflows/remove_account.py) -----------------------------
+
+
+SETTLE_SECONDS = 15  # between the first listing and the second
+QUIET_SECONDS = 120  # the longest interval; nothing new for this long ends the listings
+HORIZON_SECONDS = 15 * 60  # no listing later than this after the first
+SIGNALS_PER_RUN = 500  # then continue-as-new
+PAGE_SIZE = 100
+
+
+class RemoveAccountInput(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    account_id: str
+    settle_seconds: int = SETTLE_SECONDS  # 0: list once
+    quiet_seconds: int = QUIET_SECONDS
+    horizon_seconds: int = HORIZON_SECONDS
+    page_size: int = PAGE_SIZE
+    signals_per_run: int = SIGNALS_PER_RUN
+    # Carried by continue-as-new (a first run has none of these).
+    found: int = 0
+    signalled: int = 0
+    seen: tuple[str, ...] = ()
+    first_listing_at: datetime | None = None
+    quiet_since: datetime | None = None  # the first listing of a run of empty ones
+    page_token: str | None = None  # the listing in progress
+
+
+class RemoveAccountResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    found: int = 0  # running assessments listed (each counted once)
+    signalled: int = 0  # of those, told to withdraw (the others had finished meanwhile)

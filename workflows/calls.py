@@ -120,6 +120,11 @@ class LeverOps:
     ) -> None:
         self.account_id = account_id
         self.opportunity_id = opportunity_id
+        # Not behind workflow.patched, on purpose: replay compares an activity's type and
+        # id, not its task queue or priority (every recorded history replays with this),
+        # and a patch would pin executions started before the shared queue to the old
+        # per-account queues for their whole life. Calls already scheduled there are
+        # drained by pylever.legacy_queues.
         self.task_queue = decisions.lever_task_queue(workflow.info().task_queue)
         self.priority = Priority(fairness_key=account_id)
         self._horizon = horizon

@@ -20,11 +20,11 @@ RUN /opt/venv/bin/pip install .
 
 FROM python:3.11-slim
 # UVICORN_HTTP is uvicorn's --http option: its h11 protocol plus a 10 s header timeout
-# (pylever/http_server.py), so `python -m uvicorn api:app ...` times out stalled clients.
+# (pylever/edge/http_server.py), so `python -m uvicorn api:app ...` times out stalled clients.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    UVICORN_HTTP=pylever.http_server:TimedH11Protocol
+    UVICORN_HTTP=pylever.edge.http_server:TimedH11Protocol
 RUN groupadd --system --gid 10001 pylever \
  && useradd --system --uid 10001 --gid pylever --home-dir /app --no-create-home \
       --shell /usr/sbin/nologin pylever

@@ -30,7 +30,7 @@ from urllib.parse import quote
 import httpx
 
 if TYPE_CHECKING:
-    from pylever.checks import CheckResult
+    from pylever.ops.checks import CheckResult
 
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
@@ -82,8 +82,8 @@ def _text(value: Any) -> str:
 
 
 def cmd_check(_: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from pylever.checks import run_checks  # imported here: `status` does not need the clients
-    from pylever.config import ConfigError, load_config_from_env
+    from pylever.config.file import ConfigError, load_config_from_env
+    from pylever.ops.checks import run_checks  # imported here: `status` does not need the clients
 
     try:
         config = load_config_from_env()
@@ -231,9 +231,9 @@ class _CommandError(Exception):
 
 async def _cancel_stage_ids(account: Any, stage: str | None, err: TextIO) -> list[str]:
     """The trigger stage ids whose assessments ``cancel`` looks at."""
-    from pylever.errors import ApiError, UnknownStageError
-    from pylever.lever_client import LeverClient
-    from pylever.triggers import TriggerMatcher, _looks_like_id
+    from pylever.clients.lever import LeverClient
+    from pylever.contracts.errors import ApiError, UnknownStageError
+    from pylever.edge.triggers import TriggerMatcher, _looks_like_id
 
     configured = [t.stage for t in account.triggers]
     async with LeverClient(
@@ -285,7 +285,7 @@ async def _temporal(settings: Any) -> Any:
     """A Temporal client with the payload codec (``PYLEVER_PAYLOAD_KEYS``), or _CommandError."""
     from temporalio.client import Client
 
-    from pylever.codec import PayloadKeyError, codec_from_env, data_converter
+    from pylever.temporal.codec import PayloadKeyError, codec_from_env, data_converter
 
     try:
         codec = (
@@ -312,9 +312,9 @@ async def _cancel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from temporalio.client import WorkflowExecutionStatus
     from temporalio.service import RPCError, RPCStatusCode
 
-    from pylever import search_attributes as sa
-    from pylever.config import ConfigError, load_config_from_env
-    from pylever.settings import Settings
+    from pylever.config.environment import Settings
+    from pylever.config.file import ConfigError, load_config_from_env
+    from pylever.contracts import search_attributes as sa
     from workflows.decisions import assessment_workflow_id
 
     try:
@@ -371,7 +371,7 @@ async def _report_closed(handles: Sequence[Any], within: float, out: TextIO) -> 
     """Wait up to ``within`` seconds for each cancelled assessment to close; print how it ended."""
     from temporalio.client import WorkflowExecutionStatus
 
-    from pylever import search_attributes as sa
+    from pylever.contracts import search_attributes as sa
 
     deadline = asyncio.get_running_loop().time() + within
     for handle in handles:
@@ -397,10 +397,10 @@ def cmd_cancel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 async def _remove_account(args: argparse.Namespace, out: TextIO) -> int:
-    from pylever.config import ConfigError, load_config_from_env
-    from pylever.gateway import Gateway
-    from pylever.settings import Settings
-    from pylever.unconfigured import unconfigured_accounts
+    from pylever.config.environment import Settings
+    from pylever.config.file import ConfigError, load_config_from_env
+    from pylever.temporal.gateway import Gateway
+    from pylever.temporal.unconfigured import unconfigured_accounts
 
     try:
         config = load_config_from_env()

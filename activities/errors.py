@@ -22,7 +22,7 @@ from datetime import timedelta
 
 from temporalio.exceptions import ApplicationError
 
-from pylever.errors import ApiError, RateLimitedError
+from pylever.contracts.errors import ApiError, RateLimitedError
 
 DEFAULT_RATE_LIMIT_DELAY = timedelta(seconds=1)
 

@@ -2,7 +2,7 @@
 
 They run on the shared Lever task queue (``decisions.lever_task_queue``), each
 keyed by its account; the server holds every account below Lever's 10 requests/s
-per key for the whole deployment (``pylever.lever_limits``), however many worker
+per key for the whole deployment (``pylever.temporal.lever_limits``), however many worker
 processes poll it.
 
 An account this worker does not know yet (added to the file, the worker not yet
@@ -29,7 +29,10 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import activity_errors
-from pylever.contracts import (
+from pylever.clients.lever import LeverClient
+from pylever.contracts.activities import LeverActivity
+from pylever.contracts.errors import UNKNOWN_ACCOUNT, ApiError, AuthError
+from pylever.contracts.records import (
     Candidate,
     LinkWrite,
     OpportunityRef,
@@ -37,14 +40,11 @@ from pylever.contracts import (
     StageMove,
     TagWrite,
 )
-from pylever.errors import ApiError, AuthError
-from pylever.lever_client import LeverClient
-from pylever.logs import log_event
-from pylever.metrics import LEVER_AUTH_REFUSALS, LEVER_KEY_REFUSED
+from pylever.ops.logs import log_event
+from pylever.ops.metrics import LEVER_AUTH_REFUSALS, LEVER_KEY_REFUSED
 
 log = logging.getLogger("pylever.activities.lever")
 
-UNKNOWN_ACCOUNT = "UnknownAccount"  # the failure type of a call for an account not configured
 KEY_REFUSED_WARNING_INTERVAL = 60.0  # seconds between two warnings for the same account
 
 
@@ -54,7 +54,7 @@ def _key_accepted_by(exc: ApiError) -> bool:
 
 
 class LeverClients(Protocol):
-    """A mapping of account ids to clients, or ``pylever.lever_accounts.LeverAccounts``."""
+    """A mapping of account ids to clients, or ``pylever.clients.lever_accounts.LeverAccounts``."""
 
     def __iter__(self) -> Iterator[str]: ...
 
@@ -129,7 +129,7 @@ class LeverActivities:
             )
         return client
 
-    @activity.defn(name="lever.read_candidate")
+    @LeverActivity.read_candidate.implementation
     async def read_candidate(self, req: ReadCandidate) -> Candidate:
         if self._removed is not None and self._removed(req.account_id):
             # The first call of a new assessment: a removed customer gets no new invitations.
@@ -151,7 +151,7 @@ class LeverActivities:
             stage_entries=sum(1 for c in opp.stageChanges if c.toStageId == req.stage_id),
         )
 
-    @activity.defn(name="lever.opportunity_state")
+    @LeverActivity.opportunity_state.implementation
     async def opportunity_state(self, req: OpportunityRef) -> str:
         """``active``, ``archived``, or ``gone`` (Lever answers 404): what Lever says now.
 
@@ -168,25 +168,25 @@ class LeverActivities:
             raise
         return "archived" if opp.is_archived else "active"
 
-    @activity.defn(name="lever.add_tags")
+    @LeverActivity.add_tags.implementation
     async def add_tags(self, req: TagWrite) -> None:
         client = await self._client(req.account_id)
         with self._lever_calls(req.account_id):
             await client.add_tags(req.opportunity_id, list(req.tags))
 
-    @activity.defn(name="lever.remove_tags")
+    @LeverActivity.remove_tags.implementation
     async def remove_tags(self, req: TagWrite) -> None:
         client = await self._client(req.account_id)
         with self._lever_calls(req.account_id):
             await client.remove_tags(req.opportunity_id, list(req.tags))
 
-    @activity.defn(name="lever.add_links")
+    @LeverActivity.add_links.implementation
     async def add_links(self, req: LinkWrite) -> None:
         client = await self._client(req.account_id)
         with self._lever_calls(req.account_id):
             await client.add_links(req.opportunity_id, list(req.links))
 
-    @activity.defn(name="lever.move_to_stage")
+    @LeverActivity.move_to_stage.implementation
     async def move_to_stage(self, req: StageMove) -> str:
         """Resolve the configured stage (cached ``GET /stages``) and move the candidate there."""
         client = await self._client(req.account_id)

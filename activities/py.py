@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import math
 
-from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import activity_errors
-from pylever.contracts import (
+from pylever.clients.py import Invitation, PyClient
+from pylever.contracts.activities import PyActivity
+from pylever.contracts.errors import PY_CONTRACT_ERROR, ConflictError, NotFoundError
+from pylever.contracts.records import (
     CreateInvitation,
     FindTests,
     InvitationRecord,
     report_url_problem,
 )
-from pylever.errors import ConflictError, NotFoundError
-from pylever.py_client import Invitation, PyClient
-
-PY_CONTRACT_ERROR = "PyContractError"
 
 
 def _contract_breaches(invitation: Invitation) -> list[str]:
@@ -77,7 +75,7 @@ class PyActivities:
         previous, self._client, self._callback_url = self._client, client, callback_url
         return previous
 
-    @activity.defn(name="py.find_tests")
+    @PyActivity.find_tests.implementation
     async def find_tests(self, req: FindTests) -> dict[str, str]:
         """Map those of ``names`` that are Py tests to their ids (the catalogue is cached).
 
@@ -92,7 +90,7 @@ class PyActivities:
                 catalogue = await self._client.tests_by_name(refresh=True)
         return {n: catalogue[n].id for n in req.names if n in catalogue}
 
-    @activity.defn(name="py.create_invitation")
+    @PyActivity.create_invitation.implementation
     async def create_invitation(self, req: CreateInvitation) -> InvitationRecord:
         with activity_errors():
             invitation = await self._client.create_invitation(
@@ -105,12 +103,12 @@ class PyActivities:
             )
         return _record(invitation)
 
-    @activity.defn(name="py.get_invitation")
+    @PyActivity.get_invitation.implementation
     async def get_invitation(self, invitation_id: str) -> InvitationRecord:
         with activity_errors():
             return _record(await self._client.get_invitation(invitation_id))
 
-    @activity.defn(name="py.remind")
+    @PyActivity.remind.implementation
     async def remind(self, invitation_id: str) -> bool:
         """False when Py no longer reminds (the invitation finished meanwhile)."""
         with activity_errors():
@@ -120,7 +118,7 @@ class PyActivities:
                 return False
         return True
 
-    @activity.defn(name="py.cancel")
+    @PyActivity.cancel.implementation
     async def cancel(self, invitation_id: str) -> InvitationRecord | None:
         """Cancel at Py. A completed invitation (409) comes back as it is; a gone one as None."""
         with activity_errors():

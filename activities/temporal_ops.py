@@ -16,8 +16,9 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from pylever import search_attributes as sa
-from pylever.contracts import (
+from pylever.contracts import search_attributes as sa
+from pylever.contracts.activities import TemporalActivity
+from pylever.contracts.records import (
     AccountPage,
     AssessmentPage,
     AssessmentResult,
@@ -31,7 +32,7 @@ class TemporalActivities:
         self._client = client
         self._poll = poll_interval
 
-    @activity.defn(name="temporal.running_assessments")
+    @TemporalActivity.running_assessments.implementation
     async def running_assessments(self, ref: CandidateRef) -> list[str]:
         """Ids of the candidate's running parent assessments."""
         query = (
@@ -40,7 +41,7 @@ class TemporalActivities:
         )
         return sorted({wf.id async for wf in self._client.list_workflows(query)})
 
-    @activity.defn(name="temporal.account_assessments")
+    @TemporalActivity.account_assessments.implementation
     async def account_assessments(self, page: AccountPage) -> AssessmentPage:
         """One page of the ids of the account's running parent assessments (visibility)."""
         query = (
@@ -58,7 +59,7 @@ class TemporalActivities:
             next_page_token=base64.b64encode(following).decode() if following else None,
         )
 
-    @activity.defn(name="temporal.previous_invitations")
+    @TemporalActivity.previous_invitations.implementation
     async def previous_invitations(self, workflow_ids: list[str]) -> dict[str, str]:
         """The invitation id each closed invitation workflow's latest run recorded (its memo).
 
@@ -76,7 +77,7 @@ class TemporalActivities:
                 found[workflow_id] = invitation_id
         return found
 
-    @activity.defn(name="temporal.delete_executions")
+    @TemporalActivity.delete_executions.implementation
     async def delete_executions(self, workflow_ids: list[str]) -> list[str]:
         """Delete the latest run of each closed assessment and of the invitations it started
         (read from its result): the candidate's data, by known ids, without visibility.
@@ -134,7 +135,7 @@ class TemporalActivities:
             return 0
         return 1
 
-    @activity.defn(name="temporal.wait_closed")
+    @TemporalActivity.wait_closed.implementation
     async def wait_closed(self, workflow_ids: list[str]) -> None:
         """Wait until each execution has closed (heartbeating, so a lost worker is noticed)."""
         pending = list(workflow_ids)
@@ -149,7 +150,7 @@ class TemporalActivities:
             if pending:
                 await asyncio.sleep(self._poll)
 
-    @activity.defn(name="temporal.delete_candidate_executions")
+    @TemporalActivity.delete_candidate_executions.implementation
     async def delete_candidate_executions(self, ref: CandidateRef) -> int:
         """Delete every closed execution of the candidate (their histories hold candidate data)."""
         query = sa.candidate_query(ref.account_id, ref.opportunity_id)

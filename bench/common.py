@@ -29,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pylever.config import AppConfig, load_config
+from pylever.config.file import AppConfig, load_config
 from tests.support.process_stack import PYTHON, SECRETS, ManagedProcess, ProcessStack
 
 T = TypeVar("T")

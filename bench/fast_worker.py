@@ -22,12 +22,13 @@ import sys
 from collections.abc import Iterable
 
 import worker
-from pylever import lever_client
-from pylever.config import Account
+from pylever.clients import lever as lever_client
+from pylever.config.file import Account
+from pylever.temporal import worker_process
 
 
 def _raise_lever_rate(rate: float) -> None:
-    apply_lever_limits = worker.apply_lever_limits
+    apply_lever_limits = worker_process.apply_lever_limits
     bucket_for = lever_client.bucket_for
 
     async def limits(client, task_queue: str, accounts: Iterable[Account]):  # type: ignore[no-untyped-def]
@@ -40,7 +41,7 @@ def _raise_lever_rate(rate: float) -> None:
         # the latest client built (the start-up checks build one at 10/s): force the rate.
         return bucket_for(key, rate, max(burst, int(rate)))
 
-    worker.apply_lever_limits = limits  # type: ignore[assignment]
+    worker_process.apply_lever_limits = limits  # type: ignore[assignment]
     lever_client.bucket_for = bucket  # type: ignore[assignment]
 
 

@@ -58,10 +58,10 @@ from bench.common import (
     log,
     stack_config,
 )
-from pylever import search_attributes as sa
-from pylever.contracts import AssessmentInput, Status
-from pylever.signatures import sign_lever_webhook
-from pylever.triggers import trigger_settings
+from pylever.contracts import search_attributes as sa
+from pylever.contracts.records import AssessmentInput, Status
+from pylever.edge.signatures import sign_lever_webhook
+from pylever.edge.triggers import trigger_settings
 from tests.support.process_stack import ACCOUNT, PY_ASSESSMENT_STAGE_ID, SECRETS
 from workflows import decisions
 from workflows.assessment import AssessmentWorkflow

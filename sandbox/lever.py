@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pylever.signatures import sign_lever_webhook
+from pylever.edge.signatures import sign_lever_webhook
 from sandbox._common import (
     JSON,
     BadBody,

@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from pylever.signatures import py_signature_header
+from pylever.edge.signatures import py_signature_header
 from sandbox._common import (
     JSON,
     BadBody,

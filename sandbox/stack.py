@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pylever.codec import generate_key
-from pylever.config import ConfigError, load_config
-from pylever.settings import Settings
+from pylever.config.environment import Settings
+from pylever.config.file import ConfigError, load_config
+from pylever.temporal.codec import generate_key
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".data"
@@ -237,9 +237,9 @@ def main() -> int:
                 "--port",
                 str(api_port),
                 "--no-access-log",
-                # uvicorn's h11 with a header timeout (pylever/http_server.py)
+                # uvicorn's h11 with a header timeout (pylever/edge/http_server.py)
                 "--http",
-                "pylever.http_server:TimedH11Protocol",
+                "pylever.edge.http_server:TimedH11Protocol",
             ],
             env,
         )

@@ -37,10 +37,9 @@ with workflow.unsafe.imports_passed_through():
     # the sandbox's import hook, so decisions.py was executed again for every workflow
     # instance (twice the CPU and memory of creating one; see docs/benchmarks.md).
     import workflows.decisions as decisions
-    from activities.py import PyActivities
-    from activities.temporal_ops import TemporalActivities
-    from pylever import search_attributes as sa
-    from pylever.contracts import (
+    from pylever.contracts import search_attributes as sa
+    from pylever.contracts.activities import PyActivity, TemporalActivity
+    from pylever.contracts.records import (
         AssessmentInput,
         AssessmentResult,
         Candidate,
@@ -51,7 +50,7 @@ with workflow.unsafe.imports_passed_through():
         Status,
         Withdrawal,
     )
-    from workflows.calls import LeverOps, durable_horizon, error_message, py_call
+    from workflows.calls import LeverOps, call, durable_horizon, error_message, py_call
     from workflows.invitation import InvitationWorkflow
     from workflows.shipped_v1 import AssessmentV1
     from workflows.versions import DURABLE
@@ -146,9 +145,7 @@ class AssessmentWorkflow(AssessmentV1):
         names = decisions.names_to_look_up(candidate.tags, settings.default_test)
         try:
             py_tests: dict[str, str] = (
-                await py_call(PyActivities.find_tests, FindTests(names=tuple(names)))
-                if names
-                else {}
+                await py_call(PyActivity.find_tests, FindTests(names=tuple(names))) if names else {}
             )
         except ActivityError as exc:
             if is_cancelled_exception(exc):
@@ -263,8 +260,8 @@ class AssessmentWorkflow(AssessmentV1):
         idempotency key still returns the invitation of the same entry into the stage.
         """
         try:
-            found: dict[str, str] = await workflow.execute_activity_method(
-                TemporalActivities.previous_invitations,
+            found: dict[str, str] = await call(
+                TemporalActivity.previous_invitations,
                 child_ids,
                 start_to_close_timeout=timedelta(seconds=30),
                 schedule_to_close_timeout=timedelta(hours=1),

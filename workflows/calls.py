@@ -18,7 +18,6 @@ The failure ``type`` is the client error's class name (``activities.errors``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -28,9 +27,17 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 
 with workflow.unsafe.imports_passed_through():
     import workflows.decisions as decisions
-    from activities.lever import UNKNOWN_ACCOUNT, LeverActivities
-    from activities.py import PY_CONTRACT_ERROR
-    from pylever.contracts import (
+    from pylever.contracts.activities import Activity, LeverActivity
+    from pylever.contracts.errors import (
+        PY_CONTRACT_ERROR,
+        UNKNOWN_ACCOUNT,
+        BadRequestError,
+        ConflictError,
+        NotFoundError,
+        PermanentApiError,
+        UnknownStageError,
+    )
+    from pylever.contracts.records import (
         Candidate,
         LinkWrite,
         OpportunityRef,
@@ -38,13 +45,6 @@ with workflow.unsafe.imports_passed_through():
         StageMove,
         TagWrite,
         TriggerSettings,
-    )
-    from pylever.errors import (
-        BadRequestError,
-        ConflictError,
-        NotFoundError,
-        PermanentApiError,
-        UnknownStageError,
     )
 
 # Answers that no retry changes: 4xx (AuthError is not one: keys get rotated), and a Py
@@ -82,9 +82,6 @@ DURABLE_RETRY = RetryPolicy(
 
 ArgT = TypeVar("ArgT")
 ResultT = TypeVar("ResultT")
-# An activity method of LeverActivities / PyActivities: the type checker holds each call's
-# argument and result to the activity's own signature.
-ActivityMethod = Callable[[Any, ArgT], Awaitable[ResultT]]
 
 
 def error_message(exc: BaseException) -> str:
@@ -108,7 +105,7 @@ class LeverOps:
     """Lever activities of one candidate, on the shared Lever task queue.
 
     Each carries the account as its fairness key: the server gives every account
-    its own rate limit on that queue (``pylever.lever_limits``) and serves the
+    its own rate limit on that queue (``pylever.temporal.lever_limits``) and serves the
     accounts fairly, so one account's backlog does not hold up another's.
 
     ``horizon`` None: setup calls (a day, ``SETUP_RETRY``). A timedelta: the
@@ -124,7 +121,7 @@ class LeverOps:
         # id, not its task queue or priority (every recorded history replays with this),
         # and a patch would pin executions started before the shared queue to the old
         # per-account queues for their whole life. Calls already scheduled there are
-        # drained by pylever.legacy_queues.
+        # drained by pylever.temporal.legacy_queues.
         self.task_queue = decisions.lever_task_queue(workflow.info().task_queue)
         self.priority = Priority(fairness_key=account_id)
         self._horizon = horizon
@@ -132,9 +129,9 @@ class LeverOps:
     def durable(self, horizon: timedelta) -> LeverOps:
         return LeverOps(self.account_id, self.opportunity_id, horizon)
 
-    async def _run(self, method: ActivityMethod[ArgT, ResultT], arg: ArgT) -> ResultT:
-        return await workflow.execute_activity_method(
-            method,
+    async def _run(self, stub: Activity[ArgT, ResultT], arg: ArgT) -> ResultT:
+        return await call(
+            stub,
             arg,
             task_queue=self.task_queue,
             priority=self.priority,
@@ -145,7 +142,7 @@ class LeverOps:
 
     async def read_candidate(self, stage_id: str) -> Candidate:
         result: Candidate = await self._run(
-            LeverActivities.read_candidate,
+            LeverActivity.read_candidate,
             ReadCandidate(
                 account_id=self.account_id, opportunity_id=self.opportunity_id, stage_id=stage_id
             ),
@@ -155,20 +152,20 @@ class LeverOps:
     async def opportunity_state(self) -> str:
         """``active``, ``archived`` or ``gone``: what Lever says of the opportunity now."""
         state: str = await self._run(
-            LeverActivities.opportunity_state,
+            LeverActivity.opportunity_state,
             OpportunityRef(account_id=self.account_id, opportunity_id=self.opportunity_id),
         )
         return state
 
     async def change_tags(self, change: decisions.TagChange) -> None:
         if change.remove:
-            await self._run(LeverActivities.remove_tags, self._tags(change.remove))
+            await self._run(LeverActivity.remove_tags, self._tags(change.remove))
         if change.add:
-            await self._run(LeverActivities.add_tags, self._tags(change.add))
+            await self._run(LeverActivity.add_tags, self._tags(change.add))
 
     async def add_link(self, link: str) -> None:
         await self._run(
-            LeverActivities.add_links,
+            LeverActivity.add_links,
             LinkWrite(
                 account_id=self.account_id, opportunity_id=self.opportunity_id, links=(link,)
             ),
@@ -176,7 +173,7 @@ class LeverOps:
 
     async def move_to_stage(self, stage: str) -> None:
         await self._run(
-            LeverActivities.move_to_stage,
+            LeverActivity.move_to_stage,
             StageMove(account_id=self.account_id, opportunity_id=self.opportunity_id, stage=stage),
         )
 
@@ -185,11 +182,11 @@ class LeverOps:
 
 
 async def py_call(
-    method: ActivityMethod[ArgT, ResultT], arg: ArgT, horizon: timedelta | None = None
+    stub: Activity[ArgT, ResultT], arg: ArgT, horizon: timedelta | None = None
 ) -> ResultT:
     """A Py activity: setup policy by default, the durable one with a ``horizon``."""
-    return await workflow.execute_activity_method(
-        method,
+    return await call(
+        stub,
         arg,
         start_to_close_timeout=START_TO_CLOSE,
         schedule_to_close_timeout=horizon or SETUP_HORIZON,
@@ -197,11 +194,21 @@ async def py_call(
     )
 
 
+async def call(stub: Activity[ArgT, ResultT], arg: ArgT, **options: Any) -> ResultT:
+    """Run ``stub``'s activity with ``options`` (timeouts, retry policy, task queue): the
+    type checker holds ``arg`` and the result to the stub's signature."""
+    result: ResultT = await workflow.execute_activity(
+        stub.name, arg, result_type=stub.result_type, **options
+    )
+    return result
+
+
 __all__ = [
     "DURABLE_RETRY",
     "FINAL_ERRORS",
     "SETUP_RETRY",
     "LeverOps",
+    "call",
     "durable_horizon",
     "error_message",
     "failure_type",

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pylever.contracts import ChosenTest, InvitationResult, Status, TriggerSettings, Verdict
+from pylever.contracts.records import ChosenTest, InvitationResult, Status, TriggerSettings, Verdict
 
 TAG_INVITED = "Py - Invited"
 TAG_STARTED = "Py - Started"
@@ -74,7 +74,7 @@ def legacy_lever_task_queue(base_queue: str, account_id: str) -> str:
     """Where Lever activities ran before the shared queue (one queue per account).
 
     Activities scheduled there before a deployment moved to the shared queue stay
-    there, retries included; ``pylever.legacy_queues`` drains them."""
+    there, retries included; ``pylever.temporal.legacy_queues`` drains them."""
     return f"{base_queue}-lever-{account_id}"
 
 

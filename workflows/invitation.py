@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeUpdate
@@ -44,9 +44,10 @@ with workflow.unsafe.imports_passed_through():
     # the sandbox's import hook, so decisions.py was executed again for every workflow
     # instance (twice the CPU and memory of creating one; see docs/benchmarks.md).
     import workflows.decisions as decisions
-    from activities.py import PY_CONTRACT_ERROR, PyActivities
-    from pylever import search_attributes as sa
-    from pylever.contracts import (
+    from pylever.contracts import search_attributes as sa
+    from pylever.contracts.activities import Activity, PyActivity
+    from pylever.contracts.errors import PY_CONTRACT_ERROR, NotFoundError
+    from pylever.contracts.records import (
         CreateInvitation,
         InvitationInput,
         InvitationRecord,
@@ -56,7 +57,6 @@ with workflow.unsafe.imports_passed_through():
         Verdict,
         Withdrawal,
     )
-    from pylever.errors import NotFoundError
     from workflows.calls import LeverOps, durable_horizon, error_message, failure_type, py_call
     from workflows.shipped_v1 import InvitationV1
     from workflows.versions import DURABLE
@@ -66,6 +66,9 @@ _FINISHED_AT_PY = ("completed", "expired", "cancelled")  # nothing more will hap
 LEVER_GONE = "lever_gone"  # Lever answers 404 for the opportunity: the candidate is gone
 PY_CONTRACT = "py_contract"  # Py sent a record that breaks its contract
 LEVER_UNREACHABLE = "lever_unreachable"  # a write still failed after the durable horizon
+
+ArgT = TypeVar("ArgT")
+ResultT = TypeVar("ResultT")
 
 
 def _halt_reason(exc: ActivityError) -> str | None:
@@ -198,7 +201,7 @@ class InvitationWorkflow(InvitationV1):
             ),
         )
         # Shielded: an operator cancel while Py creates it must still learn its id to cancel it.
-        self._creating = asyncio.create_task(py_call(PyActivities.create_invitation, request))
+        self._creating = asyncio.create_task(py_call(PyActivity.create_invitation, request))
         try:
             invitation: InvitationRecord = await asyncio.shield(self._creating)
         except ActivityError as exc:
@@ -216,7 +219,7 @@ class InvitationWorkflow(InvitationV1):
         """An earlier run's invitation, if Py still has it open or completed (else None)."""
         try:
             previous: InvitationRecord = await py_call(
-                PyActivities.get_invitation, invitation_id, self._horizon
+                PyActivity.get_invitation, invitation_id, self._horizon
             )
         except ActivityError as exc:
             if is_cancelled_exception(exc):
@@ -280,7 +283,7 @@ class InvitationWorkflow(InvitationV1):
 
     async def _check_at_py(self, invitation_id: str, kind: str) -> bool:
         """A checkpoint: a lost result is taken from Py; else remind, or expire. True: settled."""
-        current = await self._py(PyActivities.get_invitation, invitation_id)
+        current = await self._py(PyActivity.get_invitation, invitation_id)
         if current is not None and current.status in _FINISHED_AT_PY:
             self._take(current)
             return True
@@ -291,9 +294,9 @@ class InvitationWorkflow(InvitationV1):
                 self._started_seen = True  # its callback may have been lost: tag it, no reminder
                 if self._started_pending():
                     self._tag_started()
-            elif await self._py(PyActivities.remind, invitation_id) is False:
+            elif await self._py(PyActivity.remind, invitation_id) is False:
                 # Py refused (409): the invitation finished between the two calls.
-                current = await self._py(PyActivities.get_invitation, invitation_id)
+                current = await self._py(PyActivity.get_invitation, invitation_id)
                 if current is not None and current.status in _FINISHED_AT_PY:
                     self._take(current)
                     return True
@@ -302,11 +305,11 @@ class InvitationWorkflow(InvitationV1):
         self._take(await self._cancel_at_py(invitation_id, expiring=True))
         return True
 
-    async def _py(self, method: Callable[..., Any], arg: Any) -> Any:
+    async def _py(self, stub: Activity[ArgT, ResultT], arg: ArgT) -> ResultT | None:
         """A Py call of a live invitation (durable). None when Py refuses it for good; a record
         that breaks Py's contract halts the invitation."""
         try:
-            return await py_call(method, arg, self._horizon)
+            return await py_call(stub, arg, self._horizon)
         except ActivityError as exc:
             if is_cancelled_exception(exc):
                 raise
@@ -320,7 +323,7 @@ class InvitationWorkflow(InvitationV1):
         self, invitation_id: str, *, expiring: bool = False
     ) -> InvitationRecord:
         """Cancel at Py. Completed meanwhile (409): the result comes back and wins."""
-        at_py: InvitationRecord | None = await self._py(PyActivities.cancel, invitation_id)
+        at_py: InvitationRecord | None = await self._py(PyActivity.cancel, invitation_id)
         if at_py is not None and at_py.status == "completed":
             return at_py
         if expiring:

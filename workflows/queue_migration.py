@@ -4,7 +4,7 @@ Before, every account's Lever activities ran on a task queue of its own
 (``decisions.legacy_lever_task_queue``). An activity scheduled there keeps its
 queue for all its attempts, so executions that were running when the shared
 queue arrived may still have Lever calls waiting on the old queues.
-``pylever.legacy_queues`` keeps polling those queues, for the accounts that
+``pylever.temporal.legacy_queues`` keeps polling those queues, for the accounts that
 still have such executions, until none is left; this workflow's start time is
 the moment that divides old executions from new ones. It stays open (it costs
 one execution and no work) so that the moment is not forgotten when retention

@@ -40,8 +40,8 @@ from temporalio.exceptions import is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     import workflows.decisions as decisions
-    from activities.temporal_ops import TemporalActivities
-    from pylever.contracts import (
+    from pylever.contracts.activities import TemporalActivity
+    from pylever.contracts.records import (
         AccountPage,
         AssessmentPage,
         RemoveAccountInput,
@@ -49,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         Withdrawal,
     )
     from workflows.assessment import AssessmentWorkflow
+    from workflows.calls import call
 
 CARRIED_IDS = 2000  # signalled ids carried into the next run
 
@@ -157,8 +158,8 @@ class RemoveAccountWorkflow:
                 self._signalled_here and workflow.info().is_continue_as_new_suggested()
             ):
                 raise _ContinueAsNew
-            page: AssessmentPage = await workflow.execute_activity_method(
-                TemporalActivities.account_assessments,
+            page: AssessmentPage = await call(
+                TemporalActivity.account_assessments,
                 AccountPage(
                     account_id=input.account_id, page_token=self._token, page_size=input.page_size
                 ),

@@ -24,9 +24,9 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     import workflows.decisions as decisions
-    from activities.py import PyActivities
-    from pylever import search_attributes as sa
-    from pylever.contracts import (
+    from pylever.contracts import search_attributes as sa
+    from pylever.contracts.activities import PyActivity
+    from pylever.contracts.records import (
         AssessmentInput,
         AssessmentResult,
         ChosenTest,
@@ -89,7 +89,7 @@ class InvitationV1:
 
         try:
             invitation = await py_call(
-                PyActivities.create_invitation,
+                PyActivity.create_invitation,
                 CreateInvitation(
                     reference=workflow.info().workflow_id,
                     test_id=input.test.id,
@@ -161,7 +161,7 @@ class InvitationV1:
                 return
 
             # The checkpoint is due: ask Py first (a lost callback is recovered here).
-            current = await py_call(PyActivities.get_invitation, invitation_id)
+            current = await py_call(PyActivity.get_invitation, invitation_id)
             if current.status in _FINISHED_AT_PY:
                 self._take(current)
                 return
@@ -173,15 +173,15 @@ class InvitationV1:
                     self._started_seen = True
                     if self._started_pending():
                         await self._tag_started_v1(lever)
-                elif not await py_call(PyActivities.remind, invitation_id):
+                elif not await py_call(PyActivity.remind, invitation_id):
                     # Py refused (409): the invitation finished between the two calls.
-                    current = await py_call(PyActivities.get_invitation, invitation_id)
+                    current = await py_call(PyActivity.get_invitation, invitation_id)
                     if current.status in _FINISHED_AT_PY:
                         self._take(current)
                         return
                 continue
             # Expiry: cancel at Py (a result that arrived meanwhile wins, see _take).
-            cancelled = await py_call(PyActivities.cancel, invitation_id)
+            cancelled = await py_call(PyActivity.cancel, invitation_id)
             if cancelled is not None and cancelled.status == "completed":
                 self._take(cancelled)
             else:
@@ -242,7 +242,7 @@ class InvitationV1:
         """
         assert self._withdrawal is not None
         if self._invitation_id is not None:
-            at_py = await py_call(PyActivities.cancel, self._invitation_id)
+            at_py = await py_call(PyActivity.cancel, self._invitation_id)
             if at_py is not None and at_py.status == "completed":
                 self._take(at_py)
             if self._final is not None and self._final.status == "completed":
@@ -295,7 +295,7 @@ class AssessmentV1:
         settings = input.settings
         names = decisions.names_to_look_up(candidate.tags, settings.default_test)
         py_tests: dict[str, str] = (
-            await py_call(PyActivities.find_tests, FindTests(names=tuple(names))) if names else {}
+            await py_call(PyActivity.find_tests, FindTests(names=tuple(names))) if names else {}
         )
         choice = decisions.choose_tests(candidate.tags, py_tests, settings.default_test)
         if not choice.tests:

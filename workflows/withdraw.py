@@ -44,10 +44,10 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     import workflows.decisions as decisions
-    from activities.temporal_ops import TemporalActivities
-    from pylever.contracts import CandidateRef, Withdrawal, WithdrawInput
+    from pylever.contracts.activities import TemporalActivity
+    from pylever.contracts.records import CandidateRef, Withdrawal, WithdrawInput
     from workflows.assessment import AssessmentWorkflow
-    from workflows.calls import LeverOps
+    from workflows.calls import LeverOps, call
     from workflows.versions import DURABLE
 
 # When Lever is asked again if its first answer does not confirm the webhook.
@@ -84,8 +84,8 @@ class WithdrawCandidateWorkflow:
             for stage_id in dict.fromkeys(input.stage_ids)
         ]
         reached = [w for w in known if await self._signal(w, input.reason)]
-        listed: list[str] = await workflow.execute_activity_method(
-            TemporalActivities.running_assessments,
+        listed: list[str] = await call(
+            TemporalActivity.running_assessments,
             ref,
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_RETRY,
@@ -94,23 +94,23 @@ class WithdrawCandidateWorkflow:
         reached += [w for w in others if await self._signal(w, input.reason)]
         if input.reason != "deleted":
             return len(reached)  # the assessments told to withdraw
-        await workflow.execute_activity_method(
-            TemporalActivities.wait_closed,
+        await call(
+            TemporalActivity.wait_closed,
             [*known, *others],
             start_to_close_timeout=timedelta(hours=1),
             heartbeat_timeout=timedelta(seconds=30),
             retry_policy=_RETRY,
         )
-        by_id: list[str] = await workflow.execute_activity_method(
-            TemporalActivities.delete_executions,
+        by_id: list[str] = await call(
+            TemporalActivity.delete_executions,
             [*known, *others],
             start_to_close_timeout=timedelta(minutes=10),
             heartbeat_timeout=timedelta(seconds=30),
             retry_policy=_RETRY,
         )
         # Earlier runs, and anything visibility still lists: the catch-all after the known ids.
-        swept: int = await workflow.execute_activity_method(
-            TemporalActivities.delete_candidate_executions,
+        swept: int = await call(
+            TemporalActivity.delete_candidate_executions,
             ref.model_copy(update={"already_deleted": tuple(by_id)}),
             start_to_close_timeout=timedelta(minutes=10),
             heartbeat_timeout=timedelta(seconds=30),
@@ -167,8 +167,8 @@ class WithdrawCandidateWorkflow:
 
     async def _run_v1(self, input: WithdrawInput, ref: CandidateRef) -> int:
         """The shape shipped before the known-id signals (frozen; replays running executions)."""
-        running: list[str] = await workflow.execute_activity_method(
-            TemporalActivities.running_assessments,
+        running: list[str] = await call(
+            TemporalActivity.running_assessments,
             ref,
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_RETRY,
@@ -183,15 +183,15 @@ class WithdrawCandidateWorkflow:
                 workflow.logger.info("assessment %s had already finished", workflow_id)
         if input.reason != "deleted":
             return len(running)
-        await workflow.execute_activity_method(
-            TemporalActivities.wait_closed,
+        await call(
+            TemporalActivity.wait_closed,
             running,
             start_to_close_timeout=timedelta(hours=1),
             heartbeat_timeout=timedelta(seconds=30),
             retry_policy=_RETRY,
         )
-        deleted: int = await workflow.execute_activity_method(
-            TemporalActivities.delete_candidate_executions,
+        deleted: int = await call(
+            TemporalActivity.delete_candidate_executions,
             ref,
             start_to_close_timeout=timedelta(minutes=10),
             heartbeat_timeout=timedelta(seconds=30),

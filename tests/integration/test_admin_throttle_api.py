@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from api import create_app
-from pylever.settings import Settings
+from pylever.config.environment import Settings
+from pylever.edge.app import create_app
 from tests.support.integration_stack import free_port, stack_config
 from tests.unit.test_admin_throttle import (
     ADMIN_TOKEN,

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from api import MAX_BODY_BYTES
-from pylever.signatures import py_signature_header
+from pylever.edge.inbound import MAX_BODY_BYTES
+from pylever.edge.signatures import py_signature_header
 from sandbox.py import build_callback
 from tests.support.integration_stack import SECRETS, Stack
 from tests.support.pipeline_support import assert_error, describe, post_callback, verdict_tags

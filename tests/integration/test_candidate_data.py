@@ -4,7 +4,7 @@ The raw history, as ``temporal workflow show -o json`` prints it without a codec
 parent and the child (inputs, results, signals, memo, summaries, failure messages) holds
 neither the candidate's name nor email; the API's codec endpoint reveals them with the
 admin token and refuses without it. Failure messages are encrypted too
-(``pylever.codec.data_converter`` encodes failure attributes whenever there is a codec),
+(``pylever.temporal.codec.data_converter`` encodes failure attributes whenever there is a codec),
 because an external service's error text can echo candidate data.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from pylever.codec import ENCODING
+from pylever.temporal.codec import ENCODING
 from sandbox.py import PyError
 from tests.support.integration_stack import ADMIN_TOKEN, Stack
 from tests.support.temporal_harness import TEMPORAL_BIN

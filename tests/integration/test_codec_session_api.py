@@ -8,8 +8,8 @@ import httpx
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload
 
-from pylever.codec import AesGcmCodec
-from pylever.codec_server import SESSION_COOKIE
+from pylever.edge.codec_server import SESSION_COOKIE
+from pylever.temporal.codec import AesGcmCodec
 from tests.support.integration_stack import ADMIN_TOKEN as STACK_ADMIN_TOKEN
 from tests.support.integration_stack import Stack
 from tests.unit.test_codec_session import EMAIL, decode, json_payload

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 
-from pylever import search_attributes as sa
-from pylever.contracts import Status
+from pylever.contracts import search_attributes as sa
+from pylever.contracts.records import Status
 from tests.integration.test_lifecycle import (
     Case,
     Lifecycle,

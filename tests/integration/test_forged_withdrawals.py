@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from temporalio.api.enums.v1 import EventType
 
-from pylever.contracts import Status
+from pylever.contracts.records import Status
 from tests.integration.test_lifecycle import start_lifecycle_env, unstamped_client
 from tests.support.integration_stack import SECRETS, Stack, running_stack
 from tests.support.pipeline_support import (

@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pylever.settings import Settings
-from pylever.signatures import lever_signature, py_signature_header, sign_lever_webhook
+from pylever.config.environment import Settings
+from pylever.edge.signatures import lever_signature, py_signature_header, sign_lever_webhook
 from sandbox.py import build_callback
 from tests.support.integration_stack import (
     ADMIN_TOKEN,
@@ -68,7 +68,7 @@ class _Unexpected(logging.Handler):
 
 @pytest.fixture(scope="module")
 async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    from api import create_app
+    from pylever.edge.app import create_app
 
     settings_ = Settings(
         task_queue=stack.task_queue,
@@ -317,7 +317,7 @@ async def test_webhook_signature_fields_of_wrong_types(api, triggered_at, token,
 
 
 async def test_unsigned_event_names_cannot_flood_or_split_the_log(api):
-    from pylever.logs import JsonFormatter
+    from pylever.ops.logs import JsonFormatter
 
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
@@ -440,7 +440,7 @@ async def test_signed_start_really_reaches_temporal(api, stack: Stack):
 
 
 def test_signature_check_survives_unencodable_tokens():
-    from pylever.signatures import verify_lever_webhook
+    from pylever.edge.signatures import verify_lever_webhook
 
     good = sign_lever_webhook("key", "e", {})
     assert verify_lever_webhook(good, ["key"])

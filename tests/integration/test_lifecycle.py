@@ -49,8 +49,8 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
-from pylever import search_attributes as sa
-from pylever.contracts import AssessmentResult, Status
+from pylever.contracts import search_attributes as sa
+from pylever.contracts.records import AssessmentResult, Status
 from sandbox.lever import PY_ASSESSMENT_STAGE_ID
 from tests.support.integration_stack import ADMIN_TOKEN, Stack, running_stack
 from tests.support.pipeline_support import PY_TESTS, assessment_id, lever_control_url
@@ -570,7 +570,7 @@ async def test_a_result_racing_the_archive_is_kept(lc: Lifecycle) -> None:
 
 
 async def test_unarchived_and_moved_back_gets_a_new_invitation(lc: Lifecycle) -> None:
-    """Decision (pylever/gateway.py ``start_assessment``, ``models.RERUNNABLE``): a cancelled
+    """Decision (pylever/temporal/gateway.py ``start_assessment``, ``models.RERUNNABLE``): a cancelled
     assessment runs again on a real re-entry into the stage; a re-delivered old webhook
     does not send a second invitation."""
     s = lc.stack

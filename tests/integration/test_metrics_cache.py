@@ -19,9 +19,9 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from api import create_app
-from pylever.metrics import ASSESSMENT_STATUSES, AssessmentGauge
-from pylever.settings import Settings
+from pylever.config.environment import Settings
+from pylever.edge.app import create_app
+from pylever.ops.metrics import ASSESSMENT_STATUSES, AssessmentGauge
 from tests.support.integration_stack import free_port, stack_config
 
 ADMIN_TOKEN = "metrics-admin-token-4f1d7a"

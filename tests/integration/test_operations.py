@@ -26,10 +26,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowHandle
 
-from pylever import search_attributes as sa
-from pylever.logs import JsonFormatter
-from pylever.metrics import ASSESSMENT_STATUSES
-from pylever.worker_metrics import start_metrics_server
+from pylever.contracts import search_attributes as sa
+from pylever.ops.logs import JsonFormatter
+from pylever.ops.metrics import ASSESSMENT_STATUSES
+from pylever.ops.worker_metrics import start_metrics_server
 from tests.support.integration_stack import (
     ADMIN_TOKEN,
     PAYLOAD_KEY,
@@ -270,7 +270,7 @@ def json_logs() -> Iterator[io.StringIO]:
     levels = {name: logging.getLogger(name).level for name in ("", "httpx", "httpcore")}
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    # as pylever.logs.configure_logging does in production
+    # as pylever.ops.logs.configure_logging does in production
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     try:
@@ -474,7 +474,7 @@ async def test_documented_visibility_queries_are_valid(stack: Stack) -> None:
 
 
 def test_every_metric_is_documented() -> None:
-    from pylever import metrics
+    from pylever.ops import metrics
 
     text = OPERATIONS_MD.read_text()
     names = {

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from pylever.contracts import Status
+from pylever.contracts.records import Status
 from sandbox.lever import PY_ASSESSMENT_STAGE_ID, TECHNICAL_SCREEN_STAGE_ID
 from tests.support.integration_stack import ON_SITE, Stack
 from tests.support.pipeline_support import (

@@ -1,4 +1,4 @@
-"""Reloading the configuration on SIGHUP (issue 12): ``pylever.reload`` and the API's reload.
+"""Reloading the configuration on SIGHUP (issue 12): ``pylever.config.reload`` and the API's reload.
 
 Unit tests of ``AccountChanges`` and ``ConfigReloader`` (a good file, a broken one, an
 ``apply`` that fails, SIGHUPs coalescing on the running loop), then a second API on the
@@ -25,10 +25,10 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from starlette.applications import Starlette
 
-from api import create_app
-from pylever.config import AppConfig, load_config
-from pylever.reload import AccountChanges, ConfigReloader
-from pylever.settings import Settings
+from pylever.config.environment import Settings
+from pylever.config.file import AppConfig, load_config
+from pylever.config.reload import AccountChanges, ConfigReloader
+from pylever.edge.app import create_app
 from sandbox.lever import TECHNICAL_SCREEN_STAGE_ID
 from tests.support.integration_stack import ADMIN_TOKEN, PAYLOAD_KEY, SECRETS, Stack
 from tests.support.pipeline_support import assert_error, signed
@@ -105,7 +105,7 @@ class Applied:
 
 
 def reload_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "pylever.reload" and r.levelno == level]
+    return [r for r in caplog.records if r.name == "pylever.config.reload" and r.levelno == level]
 
 
 # --- AccountChanges -------------------------------------------------------------------------
@@ -155,7 +155,7 @@ async def test_reload_applies_a_good_file(tmp_path: Path, caplog: pytest.LogCapt
     )
 
     write_config(path, small_config(account("acme", key="rotated-key"), account("initech")))
-    caplog.set_level(logging.INFO, logger="pylever.reload")
+    caplog.set_level(logging.INFO, logger="pylever.config.reload")
     assert await reloader.reload() is True
     [(old, new, changes)] = applied.calls
     assert old is first and reloader.current is new
@@ -192,7 +192,7 @@ async def test_a_broken_file_keeps_the_configuration(
             account("acme", key="the-secret-key", pass_threshold=50, fail_threshold=60)))  # fmt: skip
     else:
         path.write_text(broken, encoding="utf-8")
-    caplog.set_level(logging.INFO, logger="pylever.reload")
+    caplog.set_level(logging.INFO, logger="pylever.config.reload")
 
     assert await reloader.reload() is False
     assert reloader.current is first and applied.calls == []
@@ -219,7 +219,7 @@ async def test_an_apply_that_fails_keeps_the_configuration(
     applied.fail = RuntimeError("cannot start the Lever worker")
     reloader = ConfigReloader(path, "unit-apply", first, applied)
     write_config(path, small_config(account("acme"), account("globex")))
-    caplog.set_level(logging.INFO, logger="pylever.reload")
+    caplog.set_level(logging.INFO, logger="pylever.config.reload")
 
     assert await reloader.reload() is False
     assert len(applied.calls) == 1 and reloader.current is first
@@ -369,7 +369,7 @@ async def test_api_reload_adds_and_removes_accounts(
     broken = {**data, "accounts": [{**data["accounts"][0], "pass_threshold": 180},
                                    *data["accounts"][1:]]}  # fmt: skip
     write_config(path, broken)
-    caplog.set_level(logging.INFO, logger="pylever.reload")
+    caplog.set_level(logging.INFO, logger="pylever.config.reload")
     assert await app.state.reloader.reload() is False
     [line] = reload_records(caplog, logging.ERROR)
     assert "pass_threshold" in line.getMessage()
@@ -430,7 +430,7 @@ async def test_api_reloads_a_file_changed_during_start_up(stack: Stack, tmp_path
     """A SIGHUP sent while the API started (before the lifespan installed the reload) was
     ignored: a file changed since it was read is reloaded once the handler is in place;
     an unchanged one is not."""
-    from api import config_mtime
+    from pylever.edge.app import config_mtime
 
     path = tmp_path / "pylever.toml"
     write_config(path, stack_data(stack))

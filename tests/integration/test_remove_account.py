@@ -21,14 +21,14 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus
 
-from pylever.contracts import (
+from pylever.contracts.records import (
     InvitationResult,
     RemoveAccountInput,
     RemoveAccountResult,
     Status,
     Withdrawal,
 )
-from pylever.gateway import Gateway
+from pylever.temporal.gateway import Gateway
 from tests.integration.test_lifecycle import RequestSpy
 from tests.support.integration_stack import Stack, running_stack
 from workflows import decisions

@@ -23,8 +23,8 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryRequest
 
-from pylever.logs import JsonFormatter
-from pylever.signatures import py_signature_header, sign_lever_webhook
+from pylever.edge.signatures import py_signature_header, sign_lever_webhook
+from pylever.ops.logs import JsonFormatter
 from sandbox.py import build_callback
 from tests.support.integration_stack import ADMIN_TOKEN, PAYLOAD_KEY, SECRETS, Stack
 from workflows.decisions import TAG_PASS
@@ -52,7 +52,7 @@ def leaks(where: str, data: bytes | str) -> list[str]:
 
 @pytest.fixture
 def log_output() -> Iterator[io.StringIO]:
-    """Every logger at DEBUG, formatted as production does (pylever.logs.JsonFormatter)."""
+    """Every logger at DEBUG, formatted as production does (pylever.ops.logs.JsonFormatter)."""
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
     handler.setFormatter(JsonFormatter())

@@ -22,9 +22,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 with workflow.unsafe.imports_passed_through():
-    from pylever.contracts import TagWrite
-    from pylever.legacy_queues import LegacyQueueDrain, cutover
-    from pylever.lever_limits import apply_lever_limits
+    from pylever.contracts.records import TagWrite
+    from pylever.temporal.legacy_queues import LegacyQueueDrain, cutover
+    from pylever.temporal.lever_limits import apply_lever_limits
     from tests.support.process_stack import FAIRNESS_ARGS, partition_args
     from tests.support.temporal_harness import start_dev_server
     from tests.workflows.test_tenancy import account, new_queue

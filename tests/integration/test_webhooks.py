@@ -16,9 +16,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from api import MAX_BODY_BYTES, create_app
-from pylever.deliveries import DeliveryLedger
-from pylever.settings import Settings
+from pylever.config.environment import Settings
+from pylever.edge.app import create_app
+from pylever.edge.deliveries import DeliveryLedger
+from pylever.edge.inbound import MAX_BODY_BYTES
 from sandbox.lever import PY_ASSESSMENT_STAGE_ID, TECHNICAL_SCREEN_STAGE_ID
 from sandbox.py import build_callback
 from tests.support.integration_stack import ADMIN_TOKEN, PAYLOAD_KEY, SECRETS, Stack, free_port
@@ -420,7 +421,7 @@ async def test_a_signed_body_nested_deeper_than_the_ledger_can_follow_is_400(
 ) -> None:
     """The token ledger canonicalises the body: nesting that json.loads still takes but a
     canonical dump cannot follow is a 400, never a 500."""
-    from pylever.signatures import sign_lever_webhook
+    from pylever.edge.signatures import sign_lever_webhook
 
     statuses = set()
     for depth in (500, *range(900, 1_000, 2), 3_000):

@@ -22,14 +22,14 @@ import uvicorn
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from pylever.codec import AesGcmCodec, data_converter
-from pylever.config import AppConfig, parse_config
-from pylever.contracts import AssessmentResult
-from pylever.settings import Settings
+from pylever.config.environment import Settings
+from pylever.config.file import AppConfig, parse_config
+from pylever.contracts.records import AssessmentResult
+from pylever.temporal.codec import AesGcmCodec, data_converter
+from pylever.temporal.workers import Workers, external_clients, register_search_attributes
 from sandbox.lever import PY_ASSESSMENT_STAGE_ID, TECHNICAL_SCREEN_STAGE_ID, LeverSandbox
 from sandbox.py import PySandbox
 from tests.support.temporal_harness import start_dev_server
-from worker import Workers, external_clients, register_search_attributes
 
 T = TypeVar("T")
 
@@ -113,7 +113,7 @@ class Servers:
                 port=port,
                 log_level="warning",
                 lifespan="on",
-                http="pylever.http_server:TimedH11Protocol",
+                http="pylever.edge.http_server:TimedH11Protocol",
             )  # as deployed
         )
         task = asyncio.create_task(server.serve())
@@ -229,7 +229,7 @@ async def running_stack(
 ) -> AsyncIterator[Stack]:
     """The whole stack. ``start_env`` may be ``start_time_skipping`` (lifecycle tests);
     ``api_client`` picks the client the API starts workflows with (default ``env.client``)."""
-    from api import create_app  # the API module builds nothing at import
+    from pylever.edge.app import create_app  # the API module builds nothing at import
 
     codec = AesGcmCodec([PAYLOAD_KEY])
     converter = data_converter(codec)

@@ -15,8 +15,8 @@ import httpx
 from temporalio.client import WorkflowExecutionDescription
 from temporalio.service import RPCError, RPCStatusCode
 
-from pylever.contracts import AssessmentResult
-from pylever.signatures import sign_lever_webhook
+from pylever.contracts.records import AssessmentResult
+from pylever.edge.signatures import sign_lever_webhook
 from sandbox.lever import LeverSandbox
 from sandbox.py import build_callback
 from tests.support.integration_stack import ADMIN_TOKEN, SECRETS, Stack

@@ -47,7 +47,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
-from pylever.codec import codec_from_env, data_converter, generate_key
+from pylever.temporal.codec import codec_from_env, data_converter, generate_key
 from sandbox.lever import PY_ASSESSMENT_STAGE_ID
 from tests.support.temporal_harness import DevServerProcess, free_port
 from tests.support.toml_writer import toml_value
@@ -195,7 +195,7 @@ class StackOptions:
     move_on_pass: str | None = None
     reminders: tuple[str, ...] = ("2d", "5d")
     expire_after: str = "7d"
-    # The workers check the config against Lever and Py at start (pylever/checks.py,
+    # The workers check the config against Lever and Py at start (pylever/ops/checks.py,
     # logging "startup checks done"); start-up waits for that too.
     startup_checks: bool = True
     # Extra environment for the workers (e.g. PYLEVER_WORKER_METRICS_ADDRESS).
@@ -285,7 +285,7 @@ class ProcessStack:
             "api",
             [PYTHON, "-m", "uvicorn", "api:app", "--host", "127.0.0.1",
              "--port", str(self.api_port), "--no-access-log",
-             "--http", "pylever.http_server:TimedH11Protocol"],  # the header timeout
+             "--http", "pylever.edge.http_server:TimedH11Protocol"],  # the header timeout
             self._app_env(),
             self.workdir / "api.log",
         )  # fmt: skip
@@ -414,7 +414,7 @@ class ProcessStack:
         """Until the worker's pollers run and its start-up checks are done.
 
         Both are read from the worker's log since its latest start. The start-up
-        checks (``pylever.checks``: Lever's stages and Py's tests, outside the rate
+        checks (``pylever.ops.checks``: Lever's stages and Py's tests, outside the rate
         limited queue) are awaited when ``StackOptions.startup_checks`` says the
         worker runs them, so their calls do not land in a measurement.
         """

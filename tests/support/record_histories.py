@@ -49,11 +49,11 @@ from temporalio.client import (
 from temporalio.exceptions import CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
-import worker
 from activities.temporal_ops import TemporalActivities
-from pylever import search_attributes as sa
-from pylever.contracts import RemoveAccountResult, Status
-from pylever.gateway import Gateway
+from pylever.contracts import search_attributes as sa
+from pylever.contracts.records import RemoveAccountResult, Status
+from pylever.temporal import workers
+from pylever.temporal.gateway import Gateway
 from tests.integration.test_forged_withdrawals import ACME_TOKEN, withdrawal_data
 from tests.integration.test_lifecycle import start_lifecycle_env, unstamped_client
 from tests.support.integration_stack import ON_SITE, Stack, running_stack
@@ -579,16 +579,16 @@ assert "_delete" in vars(TemporalActivities), "KeepingExecutions no longer stand
 async def recording_stack() -> AsyncIterator[Stack]:
     """The lifecycle tests' stack (time skipping per workflow, the API on the wall clock)
     whose worker keeps the executions of a deleted candidate."""
-    real = worker.TemporalActivities
-    worker.TemporalActivities = KeepingExecutions  # type: ignore[misc]  # worker.Workers uses it
+    real = workers.TemporalActivities
+    workers.TemporalActivities = KeepingExecutions  # type: ignore[misc]  # Workers uses it
     try:
         async with running_stack(
             "py-lever-record", start_env=start_lifecycle_env, api_client=unstamped_client
         ) as stack:
-            worker.TemporalActivities = real  # type: ignore[misc]
+            workers.TemporalActivities = real  # type: ignore[misc]
             yield stack
     finally:
-        worker.TemporalActivities = real  # type: ignore[misc]
+        workers.TemporalActivities = real  # type: ignore[misc]
 
 
 async def record(

@@ -87,10 +87,10 @@ TEMPORAL_BIN: str = find_temporal_bin()
 # The custom search attributes of SPEC section 6, as the app defines them. The harness
 # passes them to every dev server it starts (`--search-attribute Name=Type`), so
 # workflows can upsert them and visibility queries can filter on them.
-from pylever.search_attributes import (  # noqa: E402
+from pylever.contracts.search_attributes import (  # noqa: E402
     ALL as SEARCH_ATTRIBUTES,
 )
-from pylever.search_attributes import (  # noqa: E402,F401
+from pylever.contracts.search_attributes import (  # noqa: E402,F401
     LEVER_ACCOUNT,
     LEVER_OPPORTUNITY_ID,
     LEVER_STAGE_ID,

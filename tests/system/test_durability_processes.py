@@ -20,7 +20,7 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 
-from pylever import search_attributes as sa
+from pylever.contracts import search_attributes as sa
 from tests.support.process_stack import ACCOUNT, PY_ASSESSMENT_STAGE_ID, TRIGGER_STAGE, ProcessStack
 from tests.support.temporal_harness import find_temporal_bin
 from tests.system.test_faults import SCORES, VERDICT_TAGS, expected_tag, move_all, new_candidates

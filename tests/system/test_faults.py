@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pylever.contracts import AssessmentResult
+from pylever.contracts.records import AssessmentResult
 from tests.support.process_stack import ACCOUNT, PY_ASSESSMENT_STAGE_ID, ProcessStack
 from workflows.decisions import (
     TAG_FAIL,

@@ -1,7 +1,7 @@
 """Stalled, slow, vanishing and oversize clients against the real API process.
 
 Two processes of ``python -m uvicorn api:app``, the SPEC's command: one as deployed (with
-``--http pylever.http_server:TimedH11Protocol``, the header timeout), one with no flag
+``--http pylever.edge.http_server:TimedH11Protocol``, the header timeout), one with no flag
 (the body limits live in the app and hold there too). Timeouts are shortened through
 ``PYLEVER_HEADER_TIMEOUT`` / ``PYLEVER_BODY_TIMEOUT``; Temporal is a closed port (none of
 these requests gets that far).
@@ -24,9 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pylever.http_limits import seconds_from_env
-from pylever.http_server import UVICORN_HTTP
-from pylever.signatures import py_signature_header
+from pylever.edge.http_limits import seconds_from_env
+from pylever.edge.http_server import UVICORN_HTTP
+from pylever.edge.signatures import py_signature_header
 from tests.support.temporal_harness import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -35,8 +35,8 @@ from typing import Any
 import httpx
 import pytest
 
-from pylever.contracts import AssessmentResult, RemoveAccountResult, Status
-from pylever.signatures import sign_lever_webhook
+from pylever.contracts.records import AssessmentResult, RemoveAccountResult, Status
+from pylever.edge.signatures import sign_lever_webhook
 from tests.support.process_stack import (
     ACCOUNT,
     ADMIN_TOKEN,
@@ -151,7 +151,7 @@ async def sighup(
         for proc in procs:
             reload_lines = [
                 e for e in mark.since(proc)
-                if e.get("logger") == "pylever.reload" and e["event"].startswith(expect)
+                if e.get("logger") == "pylever.config.reload" and e["event"].startswith(expect)
             ]  # fmt: skip
             if not reload_lines:
                 return None

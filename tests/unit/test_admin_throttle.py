@@ -1,4 +1,4 @@
-"""Wrong admin tokens are throttled per client address (pylever.throttle).
+"""Wrong admin tokens are throttled per client address (pylever.edge.throttle).
 
 Issue 11: ``/codec/login`` took 2,000 wrong tokens at 565/s, and the status endpoint's
 bearer check likewise. Now a client has a budget of 10 wrong tokens refilling one per
@@ -13,7 +13,7 @@ import logging
 import pytest
 from prometheus_client import REGISTRY
 
-from pylever.throttle import AdminThrottle, client_key
+from pylever.edge.throttle import AdminThrottle, client_key
 
 ADMIN_TOKEN = "throttle-admin-token-8c2e51"
 PAYLOAD_KEY = bytes(range(32))
@@ -93,7 +93,7 @@ def test_one_warning_per_client_per_minute_and_metrics(caplog) -> None:
     clock = Clock()
     throttle = AdminThrottle(budget=2, clock=clock)
     bad, throttled = refusals(LOGIN, "bad_token"), refusals(LOGIN, "throttled")
-    with caplog.at_level(logging.WARNING, logger="pylever.throttle"):
+    with caplog.at_level(logging.WARNING, logger="pylever.edge.throttle"):
         throttle.failed("10.0.0.9", LOGIN)
         throttle.failed("10.0.0.9", LOGIN)  # the budget is spent: the first line
         for _ in range(50):
@@ -103,7 +103,7 @@ def test_one_warning_per_client_per_minute_and_metrics(caplog) -> None:
         throttle.failed("10.0.0.9", LOGIN)  # spent again, a minute on: the second line
         for _ in range(5):
             assert throttle.retry_after("10.0.0.9", LOGIN) is not None  # no further line
-    lines = [r for r in caplog.records if r.name == "pylever.throttle"]
+    lines = [r for r in caplog.records if r.name == "pylever.edge.throttle"]
     assert [r.getMessage() for r in lines] == ["admin token guesses throttled"] * 2
     assert all(r.levelno == logging.WARNING for r in lines)
     assert lines[0].client == "10.0.0.9" and lines[0].endpoint == LOGIN  # type: ignore[attr-defined]

@@ -13,9 +13,9 @@ import time
 import httpx
 import pytest
 
-from pylever.errors import AuthError, ConflictError, NotFoundError, RetryableApiError
-from pylever.lever_client import LeverClient
-from pylever.py_client import PyClient
+from pylever.clients.lever import LeverClient
+from pylever.clients.py import PyClient
+from pylever.contracts.errors import AuthError, ConflictError, NotFoundError, RetryableApiError
 from sandbox.lever import LeverSandbox
 from sandbox.py import PySandbox
 

@@ -13,7 +13,8 @@ from starlette.applications import Starlette
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import DefaultFailureConverterWithEncodedAttributes
 
-from pylever.codec import (
+from pylever.edge.codec_server import codec_routes
+from pylever.temporal.codec import (
     ENCODING,
     KEY_ID_METADATA,
     PAYLOAD_KEYS_ENV,
@@ -26,7 +27,6 @@ from pylever.codec import (
     key_id,
     parse_keys,
 )
-from pylever.codec_server import codec_routes
 
 EMAIL = "ada.lovelace@example.com"
 NAME = "Ada Lovelace"
@@ -473,7 +473,7 @@ def test_codec_routes_refuse_an_empty_token(codec):
 
 
 async def test_oversized_body_is_413(client, monkeypatch):
-    import pylever.codec_server as codec_server
+    import pylever.edge.codec_server as codec_server
 
     monkeypatch.setattr(codec_server, "MAX_BODY_BYTES", 100)
     body = as_json([json_payload({"email": EMAIL, "pad": "x" * 200})])
@@ -484,7 +484,7 @@ async def test_oversized_body_is_413(client, monkeypatch):
 
 async def test_bodies_over_4_mib_are_413_declared_or_streamed(client):
     """Issue 11: the limit was 16 MiB, and a 16 MiB encode held the event loop for 7.6 s."""
-    import pylever.codec_server as codec_server
+    import pylever.edge.codec_server as codec_server
 
     assert codec_server.MAX_BODY_BYTES == 4 * 1024 * 1024
     over = b" " * (4 * 1024 * 1024 + 1)

@@ -21,11 +21,11 @@ from google.protobuf import json_format
 from starlette.applications import Starlette
 from temporalio.api.common.v1 import Payload
 
-from api import create_app
-from pylever.codec import AesGcmCodec
-from pylever.codec_server import codec_routes
-from pylever.config import load_config
-from pylever.settings import Settings
+from pylever.config.environment import Settings
+from pylever.config.file import load_config
+from pylever.edge.app import create_app
+from pylever.edge.codec_server import codec_routes
+from pylever.temporal.codec import AesGcmCodec
 from sandbox.stack import DEMO_ENV, ui_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -256,7 +256,7 @@ async def test_trust_does_not_sign_anyone_in(codec):
 
 
 def test_trust_is_logged_once_as_a_warning(codec, caplog):
-    caplog.set_level(logging.INFO, logger="pylever.codec_server")
+    caplog.set_level(logging.INFO, logger="pylever.edge.codec_server")
     codec_app(codec, trust=False)
     assert not caplog.records
     codec_app(codec, trust=True)

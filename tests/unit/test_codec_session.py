@@ -18,8 +18,8 @@ from google.protobuf import json_format
 from starlette.applications import Starlette
 from temporalio.api.common.v1 import Payload
 
-from pylever.codec import AesGcmCodec
-from pylever.codec_server import SESSION_COOKIE, CodecSessions, codec_routes
+from pylever.edge.codec_server import SESSION_COOKIE, CodecSessions, codec_routes
+from pylever.temporal.codec import AesGcmCodec
 
 ADMIN_TOKEN = "session-admin-token-4f1d9c"
 UI_ORIGIN = "http://127.0.0.1:8233"
@@ -370,7 +370,7 @@ async def test_logout_revokes_the_cookie_even_where_a_copy_survives(http, codec,
 
 
 def test_revocation_is_kept_until_expiry_bounded_and_per_instance(clock, monkeypatch):
-    import pylever.codec_server as codec_server
+    import pylever.edge.codec_server as codec_server
 
     sessions = CodecSessions(ADMIN_TOKEN, TTL, clock)
     first, _ = sessions.issue()

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pylever.config import (
+from pylever.config.file import (
     DEFAULT_LEVER_API_URL,
     AppConfig,
     ConfigError,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from pylever.contracts import ChosenTest, InvitationResult, Status, TriggerSettings, Verdict
+from pylever.contracts.records import ChosenTest, InvitationResult, Status, TriggerSettings, Verdict
 from workflows import decisions
 from workflows.decisions import (
     IN_PROGRESS_TAGS,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pylever.deliveries import DeliveryLedger, body_digest
+from pylever.edge.deliveries import DeliveryLedger, body_digest
 
 
 def delivery(

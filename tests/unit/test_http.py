@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
-from pylever.errors import (
+from pylever.clients.http import ApiTransport, BearerAuth, build_query, parse_retry_after
+from pylever.clients.ratelimit import TokenBucket
+from pylever.contracts.errors import (
     ApiError,
     AuthError,
     BadRequestError,
@@ -25,8 +27,6 @@ from pylever.errors import (
     RateLimitedError,
     RetryableApiError,
 )
-from pylever.http import ApiTransport, BearerAuth, build_query, parse_retry_after
-from pylever.ratelimit import TokenBucket
 
 KEY = "lvr_secret_key_0123456789abcdef"
 BASIC = base64.b64encode(f"{KEY}:".encode()).decode()

@@ -20,9 +20,9 @@ from prometheus_client import REGISTRY
 from temporalio.exceptions import ApplicationError
 
 from activities.lever import LeverActivities
-from pylever.contracts import LinkWrite, ReadCandidate, StageMove, TagWrite
-from pylever.lever_client import LeverClient
-from pylever.worker_metrics import start_metrics_server
+from pylever.clients.lever import LeverClient
+from pylever.contracts.records import LinkWrite, ReadCandidate, StageMove, TagWrite
+from pylever.ops.worker_metrics import start_metrics_server
 from sandbox.lever import LeverSandbox
 from tests.support.integration_stack import free_port
 

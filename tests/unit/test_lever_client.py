@@ -13,14 +13,14 @@ from typing import Any
 import httpx
 import pytest
 
-from pylever.errors import (
+from pylever.clients.lever import LeverClient, Opportunity, Stage
+from pylever.contracts.errors import (
     AuthError,
     NotFoundError,
     PermanentApiError,
     RetryableApiError,
     UnknownStageError,
 )
-from pylever.lever_client import LeverClient, Opportunity, Stage
 
 BASE = "https://lever.test/v1"
 

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import pytest
 
-from pylever.logs import JsonFormatter, configure_logging, log_event, redact
+from pylever.ops.logs import JsonFormatter, configure_logging, log_event, redact
 
 EMAIL = "ada.lovelace+test@example.co.uk"
 

@@ -19,8 +19,8 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from activities.py import PyActivities
-from pylever.contracts import CreateInvitation, FindTests
-from pylever.py_client import Invitation, PyClient
+from pylever.clients.py import Invitation, PyClient
+from pylever.contracts.records import CreateInvitation, FindTests
 from sandbox.py import PySandbox
 
 PY_KEY = "py-activities-key"

@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from pylever.errors import (
+from pylever.clients.py import Invitation, PyClient
+from pylever.contracts.errors import (
     AuthError,
     ConflictError,
     NotFoundError,
@@ -18,7 +19,6 @@ from pylever.errors import (
     RateLimitedError,
     RetryableApiError,
 )
-from pylever.py_client import Invitation, PyClient
 
 KEY = "py_live_0123456789abcdef0123456789"
 BASE = "https://py.test"

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from pylever.errors import RateLimitedError
-from pylever.lever_client import LeverClient
-from pylever.ratelimit import TokenBucket, bucket_for, bucket_key
+from pylever.clients.lever import LeverClient
+from pylever.clients.ratelimit import TokenBucket, bucket_for, bucket_key
+from pylever.contracts.errors import RateLimitedError
 
 BASE = "https://lever.test/v1"
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from activities.lever import UNKNOWN_ACCOUNT
-from activities.py import PY_CONTRACT_ERROR
-from pylever import errors
+from pylever.contracts import errors
+from pylever.contracts.errors import PY_CONTRACT_ERROR, UNKNOWN_ACCOUNT
 from workflows.calls import DURABLE_RETRY, FINAL_ERRORS, SETUP_RETRY
 
 

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pylever.signatures import sign_lever_webhook, verify_lever_webhook
+from pylever.edge.signatures import sign_lever_webhook, verify_lever_webhook
 from sandbox.lever import (
     DEFAULT_STAGES,
     PY_ASSESSMENT_STAGE_ID,

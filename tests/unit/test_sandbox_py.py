@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pylever.signatures import PySignatureError, verify_py_signature
+from pylever.edge.signatures import PySignatureError, verify_py_signature
 from sandbox.py import DEFAULT_TESTS, PySandbox, build_callback
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

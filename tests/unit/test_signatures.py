@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pylever.signatures import (
+from pylever.edge.signatures import (
     PY_SIGNATURE_TOLERANCE_SECONDS,
     PySignatureError,
     lever_signature,

@@ -1,4 +1,4 @@
-"""Matching a Lever stage id to a trigger (pylever/triggers.py) and a trigger's effective settings."""
+"""Matching a Lever stage id to a trigger (pylever/edge/triggers.py) and a trigger's effective settings."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from pylever.config import Account, AppConfig, parse_config
-from pylever.contracts import TriggerSettings
-from pylever.lever_client import Stage
-from pylever.triggers import TriggerMatcher, trigger_settings
+from pylever.clients.lever import Stage
+from pylever.config.file import Account, AppConfig, parse_config
+from pylever.contracts.records import TriggerSettings
+from pylever.edge.triggers import TriggerMatcher, trigger_settings
 
 PY_ASSESSMENT_ID = "7c2690d8-6308-4ed9-ae2a-cbfe7db26593"
 ONSITE_ID = "992f01a9-ee19-41d2-ae79-1040701b195c"

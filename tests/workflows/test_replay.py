@@ -108,11 +108,10 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from activities.py import PyActivities
 from activities.temporal_ops import TemporalActivities
-from pylever import search_attributes as sa
-from pylever.codec import AesGcmCodec, data_converter
-from pylever.contracts import (
+from pylever.contracts import search_attributes as sa
+from pylever.contracts.activities import PyActivity
+from pylever.contracts.records import (
     AssessmentInput,
     AssessmentResult,
     CandidateRef,
@@ -125,6 +124,7 @@ from pylever.contracts import (
     Withdrawal,
     WithdrawInput,
 )
+from pylever.temporal.codec import AesGcmCodec, data_converter
 from tests.support import record_histories
 from tests.support.integration_stack import PAYLOAD_KEY
 from workflows import decisions
@@ -1008,8 +1008,8 @@ class ReorderedAssessment(AssessmentWorkflow):
             ]
         )
         self._set_status(Status.RESOLVING)
-        await workflow.execute_activity_method(
-            PyActivities.find_tests,
+        await workflow.execute_activity(
+            PyActivity.find_tests.name,
             FindTests(names=(input.settings.default_test or "",)),
             start_to_close_timeout=timedelta(seconds=30),
         )

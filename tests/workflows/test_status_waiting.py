@@ -25,9 +25,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from cli import render_status
-from pylever import search_attributes as sa
-from pylever.codec import AesGcmCodec, data_converter, generate_key
-from pylever.gateway import Gateway
+from pylever.contracts import search_attributes as sa
+from pylever.temporal.codec import AesGcmCodec, data_converter, generate_key
+from pylever.temporal.gateway import Gateway
 from tests.support.temporal_harness import start_dev_server
 
 QUEUE = "status-waiting"

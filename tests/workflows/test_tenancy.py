@@ -29,16 +29,16 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import SecretStr
 
     from activities.lever import LeverActivities
-    from pylever.config import Account
-    from pylever.contracts import ReadCandidate, TagWrite
-    from pylever.legacy_queues import (
+    from pylever.clients.lever import LeverClient
+    from pylever.clients.lever_accounts import LeverAccounts
+    from pylever.config.file import Account
+    from pylever.contracts.records import ReadCandidate, TagWrite
+    from pylever.temporal.legacy_queues import (
         LegacyQueueDrain,
         account_of,
         old_executions_query,
     )
-    from pylever.lever_accounts import LeverAccounts
-    from pylever.lever_client import LeverClient
-    from pylever.lever_limits import (
+    from pylever.temporal.lever_limits import (
         DEFAULT_RPS,
         LeverLimits,
         apply_lever_limits,
@@ -200,11 +200,11 @@ async def test_a_deployment_without_old_executions_polls_no_old_queue(env):
 
 
 def _process(client: Client, tmp_path, *accounts: dict):  # type: ignore[no-untyped-def]
-    from pylever.config import load_config
-    from pylever.settings import Settings
+    from pylever.config.environment import Settings
+    from pylever.config.file import load_config
+    from pylever.temporal.worker_process import WorkerProcess
     from tests.integration.test_reload import small_config
     from tests.support.toml_writer import to_toml
-    from worker import WorkerProcess
 
     path = tmp_path / "pylever.toml"
     path.write_text(to_toml(small_config(*accounts)))
@@ -215,7 +215,7 @@ def _process(client: Client, tmp_path, *accounts: dict):  # type: ignore[no-unty
 async def test_a_removed_account_keeps_its_lever_calls_through_its_grace(env, tmp_path):
     """Its assessments get the withdrawal while their Lever calls still work (so they end
     cancelled, account removed, rather than error on an unknown account); then it is gone."""
-    from pylever.reload import AccountChanges
+    from pylever.config.reload import AccountChanges
     from tests.integration.test_reload import account as account_entry
     from tests.integration.test_reload import small_config
     from tests.support.toml_writer import to_toml
@@ -267,8 +267,8 @@ async def test_an_unknown_account_takes_only_additions_from_the_file(env, tmp_pa
 async def test_running_assessments_of_unconfigured_accounts_are_found(env):
     from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
-    from pylever import search_attributes as sa
-    from pylever.unconfigured import unconfigured_accounts
+    from pylever.contracts import search_attributes as sa
+    from pylever.temporal.unconfigured import unconfigured_accounts
 
     queue = new_queue()  # no worker: the executions stay running
     for account_id, n in (("acme", 1), ("gone-co", 2)):

@@ -17,8 +17,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from pylever.codec import data_converter
-from pylever.contracts import (
+from pylever.contracts.records import (
     AssessmentInput,
     AssessmentResult,
     Candidate,
@@ -30,6 +29,7 @@ from pylever.contracts import (
     TagWrite,
     TriggerSettings,
 )
+from pylever.temporal.codec import data_converter
 from tests.support.temporal_harness import start_dev_server
 from workflows.assessment import AssessmentWorkflow
 from workflows.decisions import lever_task_queue

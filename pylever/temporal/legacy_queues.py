@@ -25,12 +25,12 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.worker import Worker
 
-from pylever import search_attributes as sa
-from pylever.logs import log_event
+from pylever.contracts import search_attributes as sa
+from pylever.ops.logs import log_event
 from workflows.decisions import legacy_lever_task_queue
 from workflows.queue_migration import LeverQueueMigrationWorkflow, marker_workflow_id
 
-log = logging.getLogger("pylever.legacy_queues")
+log = logging.getLogger("pylever.temporal.legacy_queues")
 
 ROLLING_DEPLOY = timedelta(hours=1)
 CHECK_EVERY = 600.0  # seconds between two visibility checks while old executions remain

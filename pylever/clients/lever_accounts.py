@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Iterator
 
-from pylever.config import Account
-from pylever.lever_client import LeverClient
+from pylever.clients.lever import LeverClient
+from pylever.config.file import Account
 
 ClientFactory = Callable[[Account], LeverClient]
 RETIRE_AFTER = 60.0  # seconds: longer than any one Lever call (the clients time out after 10 s)

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+# Failure types of activity errors that are no client error class (an activity raises them
+# as ApplicationError(type=...)); the workflows' retry policies name them.
+UNKNOWN_ACCOUNT = "UnknownAccount"  # a call for an account the configuration does not name
+PY_CONTRACT_ERROR = "PyContractError"  # a Py record that breaks the API's contract
+
 
 class ApiError(Exception):
     """An answer from Lever or Py that is not a success, or no answer at all."""

@@ -18,9 +18,9 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pylever.errors import UnknownStageError
-from pylever.http import ApiClient, ApiTransport, Params, Sleep
-from pylever.ratelimit import TokenBucket, bucket_for, bucket_key
+from pylever.clients.http import ApiClient, ApiTransport, Params, Sleep
+from pylever.clients.ratelimit import TokenBucket, bucket_for, bucket_key
+from pylever.contracts.errors import UnknownStageError
 
 LEVER_API_URL = "https://api.lever.co/v1"
 SERVICE = "Lever"

@@ -67,7 +67,7 @@ is 2 MiB, 2.7 MiB as base64). Parsing, the codec and the answer's JSON run in a 
 thread (at most ``CODEC_THREADS`` at a time), on an event loop of their own, so the API
 keeps answering other requests meanwhile; the codec therefore must not use anything
 bound to the API's event loop (``AesGcmCodec`` does not). Wrong admin tokens (login,
-bearer) are throttled per client address by :class:`pylever.throttle.AdminThrottle`:
+bearer) are throttled per client address by :class:`pylever.edge.throttle.AdminThrottle`:
 429 ``too_many_attempts`` with ``Retry-After``. A valid session cookie wins over a bearer
 token: with one, the bearer token is not looked at (and cannot be guessed through it).
 
@@ -100,9 +100,9 @@ from starlette.routing import BaseRoute, Mount, Route, Router
 from temporalio.api.common.v1 import Payloads
 from temporalio.converter import PayloadCodec
 
-from pylever.codec import CodecError
-from pylever.logs import log_event
-from pylever.throttle import AdminThrottle, client_address
+from pylever.edge.throttle import AdminThrottle, client_address
+from pylever.ops.logs import log_event
+from pylever.temporal.codec import CodecError
 
 __all__ = [
     "CODEC_PATH",
@@ -129,7 +129,7 @@ _SESSION_KEY_LABEL = b"py-lever codec session v1"
 # Set by proxies: with one of them the loopback peer may be a proxy serving anyone.
 _PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
-log = logging.getLogger("pylever.codec_server")
+log = logging.getLogger("pylever.edge.codec_server")
 
 
 def _error(status: int, code: str, message: str, **headers: str) -> JSONResponse:

@@ -16,10 +16,10 @@ from collections.abc import Iterable
 
 from temporalio.client import Client
 
-from pylever import search_attributes as sa
-from pylever.logs import log_event
+from pylever.contracts import search_attributes as sa
+from pylever.ops.logs import log_event
 
-log = logging.getLogger("pylever.unconfigured")
+log = logging.getLogger("pylever.temporal.unconfigured")
 
 
 def running_assessments_query(task_queue: str) -> str:

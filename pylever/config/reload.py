@@ -24,11 +24,11 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from pylever import metrics
-from pylever.config import Account, AppConfig, ConfigError, load_config
-from pylever.logs import log_event
+from pylever.config.file import Account, AppConfig, ConfigError, load_config
+from pylever.ops import metrics
+from pylever.ops.logs import log_event
 
-log = logging.getLogger("pylever.reload")
+log = logging.getLogger("pylever.config.reload")
 
 Apply = Callable[[AppConfig, AppConfig, "AccountChanges"], Awaitable[None]]
 _MAX_ERROR = 300  # characters of an apply failure's message in the log line

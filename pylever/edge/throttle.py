@@ -47,8 +47,8 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from pylever.logs import log_event
-from pylever.metrics import ADMIN_AUTH_REFUSALS
+from pylever.ops.logs import log_event
+from pylever.ops.metrics import ADMIN_AUTH_REFUSALS
 
 __all__ = [
     "BUDGET",
@@ -64,7 +64,7 @@ REFILL_SECONDS = 6.0
 MAX_CLIENTS = 10_000
 WARN_EVERY_SECONDS = 60.0
 
-log = logging.getLogger("pylever.throttle")
+log = logging.getLogger("pylever.edge.throttle")
 
 
 def client_address(request: Request) -> str:

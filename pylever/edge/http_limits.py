@@ -16,10 +16,10 @@ no server flag, so plain ``python -m uvicorn api:app`` gets it:
   limit); when that is not possible the answer carries ``Connection: close``.
 
 Counted in ``pylever_http_aborted_total{reason}`` (``body_timeout``, ``client_disconnect``,
-``header_timeout``; the last from ``pylever.http_server``).
+``header_timeout``; the last from ``pylever.edge.http_server``).
 
 Header timeouts cannot be done here (an incomplete request never reaches the app): see
-``pylever.http_server``.
+``pylever.edge.http_server``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 from prometheus_client import Counter
 from starlette.requests import ClientDisconnect
 
-from pylever.logs import log_event
+from pylever.ops.logs import log_event
 
 __all__ = [
     "BODY_TIMEOUT",
@@ -46,7 +46,7 @@ __all__ = [
     "seconds_from_env",
 ]
 
-log = logging.getLogger("pylever.http")
+log = logging.getLogger("pylever.clients.http")
 
 BODY_TIMEOUT = 10.0
 DRAIN_LIMIT = 16 * 1024 * 1024

@@ -5,7 +5,7 @@ headers: an incomplete request never reaches the app, so only the server can tim
 out. Select this protocol with uvicorn's ``--http`` option (or its ``UVICORN_HTTP``
 environment variable, which the Docker image sets)::
 
-    python -m uvicorn api:app --host 0.0.0.0 --port 8000 --http pylever.http_server:TimedH11Protocol
+    python -m uvicorn api:app --host 0.0.0.0 --port 8000 --http pylever.edge.http_server:TimedH11Protocol
 
 The request line and headers must be complete within ``PYLEVER_HEADER_TIMEOUT`` seconds
 (10 by default) of the connection opening, or of the end of the previous response on a
@@ -15,7 +15,7 @@ a second gains nothing). On expiry a client that had sent part of a request gets
 just closed. Each is one INFO line ``request headers timed out`` and counts in
 ``pylever_http_aborted_total{reason="header_timeout"}``.
 
-Request bodies are limited in the app (``pylever.http_limits``), so that part works with
+Request bodies are limited in the app (``pylever.edge.http_limits``), so that part works with
 any server.
 """
 
@@ -30,15 +30,15 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from pylever.http_limits import HTTP_ABORTED, seconds_from_env
-from pylever.logs import log_event
+from pylever.edge.http_limits import HTTP_ABORTED, seconds_from_env
+from pylever.ops.logs import log_event
 
 __all__ = ["HEADER_TIMEOUT", "TimedH11Protocol", "UVICORN_HTTP"]
 
-log = logging.getLogger("pylever.http")
+log = logging.getLogger("pylever.clients.http")
 
 HEADER_TIMEOUT = 10.0
-UVICORN_HTTP = "pylever.http_server:TimedH11Protocol"
+UVICORN_HTTP = "pylever.edge.http_server:TimedH11Protocol"
 
 _BODY = json.dumps(
     {"error": {"code": "timeout", "message": "request headers not received in time"}}

@@ -14,13 +14,13 @@ import re
 import time
 from collections.abc import Callable
 
-from pylever.config import Account, AppConfig, Trigger
-from pylever.contracts import TriggerSettings
-from pylever.errors import ApiError
-from pylever.lever_client import LeverClient
-from pylever.logs import log_event
+from pylever.clients.lever import LeverClient
+from pylever.config.file import Account, AppConfig, Trigger
+from pylever.contracts.errors import ApiError
+from pylever.contracts.records import TriggerSettings
+from pylever.ops.logs import log_event
 
-log = logging.getLogger("pylever.triggers")
+log = logging.getLogger("pylever.edge.triggers")
 
 
 class TriggerMatcher:

@@ -14,9 +14,9 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from pylever.errors import ApiError
-from pylever.http import ApiClient, ApiTransport, BearerAuth, Sleep
-from pylever.logs import log_event
+from pylever.clients.http import ApiClient, ApiTransport, BearerAuth, Sleep
+from pylever.contracts.errors import ApiError
+from pylever.ops.logs import log_event
 
 SERVICE = "Py"
 TESTS_TTL = 300.0  # seconds a catalogue read serves every lookup
@@ -32,7 +32,7 @@ __all__ = [
     "PyTest",
 ]
 
-log = logging.getLogger("pylever.py_client")
+log = logging.getLogger("pylever.clients.py")
 
 InvitationStatus = Literal["invited", "started", "completed", "expired", "cancelled"]
 

@@ -20,11 +20,11 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from pylever.config import Account, AppConfig
-from pylever.errors import ApiError, AuthError
-from pylever.lever_client import LeverClient, Stage
-from pylever.logs import log_event
-from pylever.py_client import PyClient, PyTest
+from pylever.clients.lever import LeverClient, Stage
+from pylever.clients.py import PyClient, PyTest
+from pylever.config.file import Account, AppConfig
+from pylever.contracts.errors import ApiError, AuthError
+from pylever.ops.logs import log_event
 
 __all__ = [
     "ALL_ACCOUNTS",

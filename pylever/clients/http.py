@@ -3,7 +3,7 @@
 One ``ApiTransport`` wraps one ``httpx.AsyncClient``. ``request()``:
 
 - takes a token from the rate-limit bucket (if any) before every attempt;
-- maps answers to the errors of ``pylever.errors`` (docs/architecture.md);
+- maps answers to the errors of ``pylever.contracts.errors`` (docs/architecture.md);
 - retries the retryable ones up to ``max_attempts`` with exponential backoff
   and full jitter, or after ``Retry-After`` seconds when the service names them;
 - records one ``EXTERNAL_CALLS`` / ``EXTERNAL_LATENCY`` sample per attempt;
@@ -31,7 +31,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from pylever.errors import (
+from pylever.clients.ratelimit import TokenBucket
+from pylever.contracts.errors import (
     ApiError,
     AuthError,
     BadRequestError,
@@ -41,8 +42,7 @@ from pylever.errors import (
     RateLimitedError,
     RetryableApiError,
 )
-from pylever.metrics import EXTERNAL_CALLS, EXTERNAL_LATENCY
-from pylever.ratelimit import TokenBucket
+from pylever.ops.metrics import EXTERNAL_CALLS, EXTERNAL_LATENCY
 
 __all__ = [
     "ApiTransport",

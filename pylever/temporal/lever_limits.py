@@ -24,10 +24,10 @@ from temporalio.api.workflowservice.v1 import (
 )
 from temporalio.client import Client
 
-from pylever.config import Account
-from pylever.logs import log_event
+from pylever.config.file import Account
+from pylever.ops.logs import log_event
 
-log = logging.getLogger("pylever.lever_limits")
+log = logging.getLogger("pylever.temporal.lever_limits")
 
 DEFAULT_RPS: float = Account.model_fields["lever_requests_per_second"].default
 REASON = "py-lever: each Lever account's requests per second (lever_requests_per_second)"

@@ -17,7 +17,7 @@ prepending the new one and dropping the old one only once no retained history
 uses it. Payloads that were never encrypted are passed through ``decode``
 untouched, so histories written before the codec was enabled still read.
 
-Make a key: ``python -c "from pylever.codec import generate_key; print(generate_key())"``.
+Make a key: ``python -c "from pylever.temporal.codec import generate_key; print(generate_key())"``.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def codec_from_env(environ: Mapping[str, str] = os.environ) -> AesGcmCodec:
     if not value.strip():
         raise PayloadKeyError(
             f"{PAYLOAD_KEYS_ENV} is not set: it must hold comma-separated base64 32-byte keys "
-            '(make one with: python -c "from pylever.codec import generate_key; '
+            '(make one with: python -c "from pylever.temporal.codec import generate_key; '
             'print(generate_key())")'
         )
     return AesGcmCodec(parse_keys(value))

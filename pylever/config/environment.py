@@ -19,7 +19,7 @@ class Settings:
     # GET /metrics (it names every account) asks for the admin token, as the status endpoint.
     metrics_require_admin: bool = False
     # The demo only (make run sets it; production never): /codec answers the Web UI on
-    # this machine without the admin token (pylever.codec_server, "The demo").
+    # this machine without the admin token (pylever.edge.codec_server, "The demo").
     codec_trust_local_ui: bool = False
 
     @classmethod

@@ -32,8 +32,8 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, FailureError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from pylever import search_attributes as sa
-from pylever.contracts import (
+from pylever.contracts import search_attributes as sa
+from pylever.contracts.records import (
     RERUNNABLE,
     AssessmentInput,
     PyEvent,

@@ -45,7 +45,7 @@ CALLBACKS = Counter(
 
 ADMIN_AUTH_REFUSALS = Counter(
     "pylever_admin_auth_refusals",
-    "Admin-token checks of the API refused, per client address throttle (pylever.throttle): "
+    "Admin-token checks of the API refused, per client address throttle (pylever.edge.throttle): "
     "outcome bad_token (a wrong token, one of the client's budget spent) or throttled "
     "(429: the budget is spent; the token was not looked at).",
     ["endpoint", "outcome"],

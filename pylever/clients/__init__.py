@@ -1,0 +1,2 @@
+"""HTTP clients of Lever and Py: one request loop (``http``), a token bucket per key
+(``ratelimit``), the worker's per-account Lever clients (``lever_accounts``)."""

@@ -1,0 +1,1 @@
+"""Operations: structured logs, Prometheus metrics (API and worker), pre-flight checks."""

@@ -29,6 +29,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import activity_errors
+from pylever.clients.http import Params
 from pylever.clients.lever import LeverClient
 from pylever.contracts.activities import LeverActivity
 from pylever.contracts.errors import UNKNOWN_ACCOUNT, ApiError, AuthError
@@ -40,6 +41,7 @@ from pylever.contracts.records import (
     StageMove,
     TagWrite,
 )
+from pylever.contracts.sweep import LIST_PAGE_SIZE, ListWaiting, WaitingCandidate, WaitingPage
 from pylever.ops.logs import log_event
 from pylever.ops.metrics import LEVER_AUTH_REFUSALS, LEVER_KEY_REFUSED
 
@@ -194,3 +196,31 @@ class LeverActivities:
             stage_id = await client.resolve_stage(req.stage)
             await client.move_to_stage(req.opportunity_id, stage_id)
         return stage_id
+
+    @LeverActivity.list_waiting.implementation
+    async def list_waiting(self, req: ListWaiting) -> WaitingPage:
+        """One page of the opportunities now in the stage, not archived, whose last stage
+        change is at or after ``since_ms`` (Lever's filters: one request)."""
+        client = await self._client(req.account_id)
+        params: Params = {
+            "stage_id": req.stage_id,
+            "archived": "false",
+            "advanced_at_start": req.since_ms,
+            "limit": LIST_PAGE_SIZE,
+        }
+        with self._lever_calls(req.account_id):
+            opportunities, next_offset = await client.opportunities_page(params, req.offset)
+        return WaitingPage(
+            candidates=tuple(
+                WaitingCandidate(
+                    opportunity_id=opp.id,
+                    name=opp.name,
+                    entered_at_ms=opp.lastAdvancedAt,
+                    tags=tuple(opp.tags),
+                )
+                # Lever filtered already; a page is checked again rather than trusted blindly.
+                for opp in opportunities
+                if opp.stage == req.stage_id and not opp.is_archived
+            ),
+            next_offset=next_offset,
+        )

@@ -1,7 +1,7 @@
 """4. An idle worker with many accounts: resident memory and CPU by configured accounts.
 
 For each size N (full 1, 100 and 1,000 accounts; quick 1, 100 and 300) a fresh
-stack is started (``tests/support/process_stack.py``: dev server, sandboxes, API, one
+stack is started (``sandbox/process_stack.py``: dev server, sandboxes, API, one
 ``python worker.py``, the production worker unchanged) whose config lists N
 accounts: ``acme`` and N-1 more (``acct-0002`` ...), each with its own Lever
 key and webhook signature token as ``env:`` references, the way
@@ -50,15 +50,10 @@ from typing import Any
 
 from bench.common import BenchStack, ProcProbe, Sizes, log, mib
 from sandbox._common import serve
+from sandbox.launcher import PYTHON, ManagedProcess
 from sandbox.lever import LeverSandbox, _basic_credentials
-from tests.support.process_stack import (
-    PYTHON,
-    SECRETS,
-    TRIGGER_STAGE,
-    ManagedProcess,
-    StackOptions,
-    _toml_table,
-)
+from sandbox.process_stack import SECRETS, TRIGGER_STAGE, StackOptions
+from sandbox.toml_writer import toml_table
 
 __all__ = [
     "ExtraAccount",
@@ -102,7 +97,7 @@ class ExtraAccount:
 
     def toml(self, options: StackOptions) -> list[str]:
         """``[[accounts]]`` and its trigger, as ``ProcessStack`` writes ``acme``."""
-        lines = _toml_table("[[accounts]]", {
+        lines = toml_table("[[accounts]]", {
             "id": self.id,
             "lever_api_url": f"{self.lever_url}/v1",
             "lever_api_key": f"env:{self.key_env}",
@@ -111,7 +106,7 @@ class ExtraAccount:
             "fail_threshold": options.fail_threshold,
             "lever_requests_per_second": options.lever_requests_per_second,
         })  # fmt: skip
-        lines += _toml_table("[[accounts.triggers]]", {
+        lines += toml_table("[[accounts.triggers]]", {
             "stage": TRIGGER_STAGE,
             "default_test": options.default_test,
             "move_on_pass": options.move_on_pass,

@@ -33,7 +33,7 @@ from bench.common import (
     stack_config,
     wait_until,
 )
-from tests.support.process_stack import ACCOUNT
+from sandbox.process_stack import ACCOUNT
 from workflows.decisions import TAG_INVITED
 
 VERDICT_TAGS = ("Py - Pass", "Py - Fail", "Py - Needs Review")

@@ -1,9 +1,10 @@
 """Shared pieces of the benchmarks: sizes, the stack, process probes, load, statistics.
 
 - ``Sizes``: full or quick (``BENCH_QUICK=1``) figures of every scenario.
-- ``BenchStack``: ``tests.support.process_stack.ProcessStack`` (not edited here) whose
-  workers can run a thin bench wrapper around ``worker.py`` (``bench.fast_worker``)
-  when a scenario raises the Lever rate beyond what the config allows.
+- ``BenchStack``: ``sandbox.process_stack.ProcessStack`` (the stack ``make run`` and the
+  system tests start too) whose workers can run a thin bench wrapper around ``worker.py``
+  (``bench.fast_worker``) when a scenario raises the Lever rate beyond what the config
+  allows.
 - ``ProcProbe``: resident memory and CPU time of a pid from ``/proc``.
 - ``KeepAliveClient``: a minimal HTTP/1.1 keep-alive client for the load
   generator, so that the generator's own Python costs (httpx spends about a
@@ -30,7 +31,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pylever.config.file import AppConfig, load_config
-from tests.support.process_stack import PYTHON, SECRETS, ManagedProcess, ProcessStack
+from sandbox.devserver import TEMPORAL_BIN
+from sandbox.process_stack import SECRETS, ProcessStack
 
 T = TypeVar("T")
 
@@ -64,6 +66,8 @@ class Sizes:
     # 5. neighbours: account A's bulk move vs account B's trickle (bench/neighbours.py)
     neighbours_bulk: int
     neighbours_trickle: int
+    # 6. backfill: candidates already waiting in the trigger stage (bench/backfill.py)
+    backfill_candidates: int
 
     @classmethod
     def from_env(cls) -> Sizes:
@@ -84,6 +88,7 @@ class Sizes:
                 accounts_cpu_seconds=20.0,
                 neighbours_bulk=150,
                 neighbours_trickle=10,
+                backfill_candidates=100,
             )
         return cls(
             quick=False,
@@ -100,6 +105,7 @@ class Sizes:
             accounts_cpu_seconds=30.0,
             neighbours_bulk=500,
             neighbours_trickle=20,
+            backfill_candidates=500,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -117,20 +123,6 @@ class BenchStack(ProcessStack):
     def __init__(self, workdir: Path, *, worker_module: str | None = None, **options: Any):
         super().__init__(workdir, **options)
         self.worker_module = worker_module
-
-    def add_worker(self) -> int:
-        if self.worker_module is None:
-            return super().add_worker()
-        index = len(self.workers)
-        worker = ManagedProcess(
-            f"worker-{index}",
-            [PYTHON, "-m", self.worker_module],
-            {**self._app_env(), **self.options.worker_env},
-            self.workdir / f"worker-{index}.log",
-        )
-        self.workers.append(worker)
-        worker.spawn()
-        return index
 
 
 def stack_config(stack: ProcessStack) -> AppConfig:
@@ -362,10 +354,9 @@ def machine_info() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu_model = line.split(":", 1)[1].strip()
                 break
-    temporal_bin = Path(sys.executable).with_name("temporal")
     try:
         cli = subprocess.run(
-            [str(temporal_bin), "--version"], capture_output=True, text=True, timeout=20
+            [TEMPORAL_BIN, "--version"], capture_output=True, text=True, timeout=20
         ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         cli = "unknown"

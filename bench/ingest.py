@@ -58,11 +58,11 @@ from bench.common import (
     log,
     stack_config,
 )
+from pylever.clients.triggers import trigger_settings
 from pylever.contracts import search_attributes as sa
 from pylever.contracts.records import AssessmentInput, Status
 from pylever.edge.signatures import sign_lever_webhook
-from pylever.edge.triggers import trigger_settings
-from tests.support.process_stack import ACCOUNT, PY_ASSESSMENT_STAGE_ID, SECRETS
+from sandbox.process_stack import ACCOUNT, PY_ASSESSMENT_STAGE_ID, SECRETS
 from workflows import decisions
 from workflows.assessment import AssessmentWorkflow
 

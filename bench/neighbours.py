@@ -43,8 +43,9 @@ from temporalio.client import Client
 
 from bench.accounts import ExtraAccount, ExtraAccountsStack
 from bench.common import LEVER_LIMIT, Sizes, bounded_gather, log, percentile, wait_until
-from tests.support.process_stack import PYTHON, TRIGGER_STAGE, ManagedProcess
-from tests.support.temporal_harness import free_port
+from sandbox.devserver import free_port
+from sandbox.launcher import lever_sandbox_process
+from sandbox.process_stack import TRIGGER_STAGE
 from workflows.decisions import TAG_INVITED
 
 ACCOUNT_B = "bravo"
@@ -63,19 +64,19 @@ class NeighboursStack(ExtraAccountsStack):
         [b] = self.extras()
         o = self.options
         seed = o.seed + 1 if o.seed is not None else None  # other opportunity ids than A's
-        self.lever_b = ManagedProcess(
-            "lever-sandbox-b",
-            [PYTHON, "-m", "sandbox.lever", "--host", "127.0.0.1",
-             "--port", str(self.lever_b_port),
-             "--webhook-url", f"{self.api_url}/webhooks/lever/{ACCOUNT_B}",
-             "--rate", str(o.lever_rate), "--burst", str(o.lever_burst),
-             "--error-rate", str(o.lever_error_rate),
-             *(["--seed", str(seed)] if seed is not None else [])],
-            {**self._base_env(),
-             "LEVER_SANDBOX_API_KEY": b.key,
-             "LEVER_SANDBOX_SIGNATURE_TOKEN": b.token},
-            self.workdir / "lever-sandbox-b.log",
-        )  # fmt: skip
+        self.lever_b = lever_sandbox_process(
+            self.lever_b_port,
+            webhook_url=f"{self.api_url}/webhooks/lever/{ACCOUNT_B}",
+            api_key=b.key,
+            signature_token=b.token,
+            env=self._base_env(),
+            name="lever-sandbox-b",
+            log_path=self.workdir / "lever-sandbox-b.log",
+            rate=o.lever_rate,
+            burst=o.lever_burst,
+            error_rate=o.lever_error_rate,
+            seed=seed,
+        )
 
     def extra_accounts(self) -> list[ExtraAccount]:
         return [

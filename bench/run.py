@@ -1,16 +1,19 @@
 """``make bench``: py-lever's benchmarks, each on its own freshly started stack.
 
     make bench                  # full: 1000 webhooks per level, 500 bulk, 5000 waiting,
-                                #   an idle worker with 1/100/1000 accounts, neighbours 500 + 20
+                                #   an idle worker with 1/100/1000 accounts, neighbours 500 + 20,
+                                #   500 backfilled
     BENCH_QUICK=1 make bench    # quick: 300 webhooks per level, 100 bulk, 1000 waiting,
-                                #   1/100/300 accounts, neighbours 150 + 10
-    BENCH_ONLY=ingest,bulk make bench   # a subset (ingest, bulk, waiting, accounts, neighbours)
+                                #   1/100/300 accounts, neighbours 150 + 10, 100 backfilled
+    BENCH_ONLY=ingest,bulk make bench   # a subset (ingest, bulk, waiting, accounts, neighbours,
+                                        #   backfill)
     BENCH_ONLY=accounts,neighbours BENCH_QUICK=1 make bench   # the two multi-account ones
 
 Scenarios: ``ingest`` (webhook vs raw start), ``bulk`` (bulk invite under Lever's
 limit), ``waiting`` (thousands waiting), ``accounts`` (idle worker memory and CPU
 by configured accounts, bench/accounts.py), ``neighbours`` (one account's bulk
-move vs another account's candidates, bench/neighbours.py).
+move vs another account's candidates, bench/neighbours.py), ``backfill`` (candidates
+already waiting, invited by ``cli.py backfill``, bench/backfill.py).
 
 Prints progress on stderr, then ``key=value`` lines and a table on stdout, and
 writes every figure to ``bench/results/<mode>-<time>.json`` (and
@@ -30,7 +33,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench import accounts, bulk, ingest, neighbours, waiting
+from bench import accounts, backfill, bulk, ingest, neighbours, waiting
 from bench.common import RESULTS_DIR, ROOT, Sizes, loadavg, log, machine_info, write_json
 
 SCENARIOS = {
@@ -39,6 +42,7 @@ SCENARIOS = {
     "waiting": waiting.run,
     "accounts": accounts.run,
     "neighbours": neighbours.run,
+    "backfill": backfill.run,
 }
 
 # Targets (benchmarks, not tests): what each figure is held against.
@@ -55,6 +59,8 @@ TARGETS = {
     "neighbour_p95_s": ("<=", 3.0),
     "neighbours_bulk_vs_rate_limit_ratio": ("<=", 1.15),
     "neighbours_lever_429s": ("==", 0),
+    "backfill_vs_rate_limit_ratio": ("<=", 1.15),
+    "backfill_lever_429s": ("==", 0),
 }
 
 
@@ -138,6 +144,8 @@ def _flat(results: dict[str, Any]) -> dict[str, Any]:
         out.update(accounts.flat(results["accounts"]))
     if results.get("neighbours"):
         out.update(neighbours.flat(results["neighbours"]))
+    if results.get("backfill"):
+        out.update(backfill.flat(results["backfill"]))
     return out
 
 
@@ -244,6 +252,8 @@ def _table(results: dict[str, Any]) -> str:
         lines += ["", *accounts.table(results["accounts"])]
     if results.get("neighbours"):
         lines += ["", *neighbours.table(results["neighbours"])]
+    if results.get("backfill"):
+        lines += ["", *backfill.table(results["backfill"])]
     return "\n".join(lines)
 
 

@@ -172,6 +172,40 @@ def decode_cursor(token: str) -> list[Any]:
     raise LeverError(400, "BadRequest", "invalid offset: pass the 'next' value back unchanged")
 
 
+def _epoch_ms(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise LeverError(400, "BadRequest", f"{name} must be a timestamp in milliseconds")
+    return int(raw)
+
+
+def _opportunity_filter(request: Request) -> Callable[[JSON], bool]:
+    """``GET /opportunities`` filters as Lever applies them: ``stage_id`` and ``tag`` are
+    repeatable (any of them; tags exact and case-sensitive), ``archived`` is ``true`` or
+    ``false``, ``advanced_at_start``/``_end`` bound ``lastAdvancedAt`` (inclusive, epoch ms)."""
+    params = request.query_params
+    stages = set(params.getlist("stage_id"))
+    tags = set(params.getlist("tag"))
+    archived = params.get("archived")
+    if archived not in (None, "true", "false"):
+        raise LeverError(400, "BadRequest", "archived must be true or false")
+    start, end = _epoch_ms(request, "advanced_at_start"), _epoch_ms(request, "advanced_at_end")
+
+    def keep(opp: JSON) -> bool:
+        if stages and opp["stage"] not in stages:
+            return False
+        if tags and not tags.intersection(opp["tags"]):
+            return False
+        if archived is not None and (opp["archived"] is not None) != (archived == "true"):
+            return False
+        advanced = opp.get("lastAdvancedAt") or 0
+        return (start is None or advanced >= start) and (end is None or advanced <= end)
+
+    return keep
+
+
 def _limit(request: Request) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
@@ -313,12 +347,16 @@ class LeverSandbox:
         tags: Sequence[str] = (),
         stage: str = "lead-new",
         id: str | None = None,
+        advanced_at: int | None = None,
     ) -> JSON:
+        """A candidate as a recruiter adds one (no webhook). ``advanced_at`` (epoch ms, default
+        now): when the candidate entered ``stage``, for one who has been waiting there."""
         stage_id = self.resolve_stage(stage)
         opp_id = id if id is not None else self._uuid()
         if opp_id in self.opportunities:
             raise LeverError(409, "Conflict", f"opportunity {opp_id} already exists")
         now = now_ms()
+        entered = now if advanced_at is None else advanced_at
         opp: JSON = {
             "id": opp_id,
             "name": name,
@@ -333,7 +371,7 @@ class LeverSandbox:
             "archived": None,
             "tags": list(dict.fromkeys(tags)),
             "sources": ["Added manually"],
-            "stageChanges": [self._stage_change(stage_id, now, RECRUITER_USER_ID)],
+            "stageChanges": [self._stage_change(stage_id, entered, RECRUITER_USER_ID)],
             "origin": "sourced",
             "sourcedBy": RECRUITER_USER_ID,
             "owner": RECRUITER_USER_ID,
@@ -342,7 +380,7 @@ class LeverSandbox:
             "createdAt": now,
             "updatedAt": now,
             "lastInteractionAt": now,
-            "lastAdvancedAt": now,
+            "lastAdvancedAt": entered,
             "snoozedUntil": None,
             "urls": {"list": CANDIDATES_URL, "show": f"{CANDIDATES_URL}/{opp_id}"},
             "isAnonymized": False,
@@ -559,8 +597,11 @@ class LeverSandbox:
 
     async def _list_opportunities(self, request: Request) -> Response:
         limit = _limit(request)
+        keep = _opportunity_filter(request)
         ordered = sorted(
-            self.opportunities.values(), key=lambda o: (o["createdAt"], o["id"]), reverse=True
+            (o for o in self.opportunities.values() if keep(o)),
+            key=lambda o: (o["createdAt"], o["id"]),
+            reverse=True,
         )
         offset = request.query_params.get("offset")
         if offset:
@@ -690,6 +731,11 @@ class LeverSandbox:
         name = body.get("name")
         stage = body.get("stage", "lead-new")
         fixed_id = body.get("id")
+        advanced_at = body.get("advanced_at")
+        if advanced_at is not None and (
+            not isinstance(advanced_at, int) or isinstance(advanced_at, bool) or advanced_at < 0
+        ):
+            raise BadBody("'advanced_at' must be epoch milliseconds")
         if not isinstance(name, str):
             raise BadBody("'name' is required and must be a string")
         if not isinstance(stage, str):
@@ -702,6 +748,7 @@ class LeverSandbox:
             tags=str_list(body, "tags"),
             stage=stage,
             id=fixed_id,
+            advanced_at=advanced_at,
         )
         return JSONResponse(opp, status_code=201)
 

@@ -8,6 +8,8 @@ Ports and the data folder can be moved (tests do): ``PYLEVER_API_PORT`` (8000),
 (``.data``); the sandboxes listen where the config's URLs point.
 The codec endpoint trusts the Web UI on this machine (``PYLEVER_CODEC_TRUST_LOCAL_UI=1``,
 unless set otherwise), so the UI shows decoded payloads with no sign-in.
+Every process is started by the launcher the tests and benchmarks use too
+(sandbox/launcher.py; the dev server's command line: sandbox/devserver.py).
 """
 
 from __future__ import annotations
@@ -15,20 +17,25 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 from pylever.config.environment import Settings
 from pylever.config.file import ConfigError, load_config
 from pylever.temporal.codec import generate_key
+from sandbox.devserver import FAIRNESS_ARGS, dev_server_args, partition_args, wait_port
+from sandbox.launcher import (
+    ROOT,
+    ForegroundStack,
+    ManagedProcess,
+    api_process,
+    lever_sandbox_process,
+    py_sandbox_process,
+    worker_process,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".data"
-BIN = Path(sys.executable).parent
 
 DEMO_ENV = {
     "PY_API_KEY": "demo-py-api-key",
@@ -50,21 +57,6 @@ def _persistent_demo_key(data: Path) -> str:
     return path.read_text().strip()
 
 
-def _wait_port(
-    host: str, port: int, timeout: float, proc: subprocess.Popen[bytes], name: str
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}")
-        with socket.socket() as sock:
-            sock.settimeout(0.5)
-            if sock.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
-
-
 def ui_env(env: dict[str, str], ui_port: int) -> None:
     """The dev UI's origins, and the codec's trust in them, unless ``env`` says otherwise.
 
@@ -77,40 +69,6 @@ def ui_env(env: dict[str, str], ui_port: int) -> None:
 
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
-
-
-class Stack:
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        print(f"  starting {name}", flush=True)
-        proc = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True)
-        self.procs.append((name, proc))
-        return proc
-
-    def stop(self) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for name, proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                print(f"  {name} did not stop in time: killing it", flush=True)
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-    def watch(self) -> None:
-        parent = os.getppid()
-        while True:
-            if os.getppid() != parent:  # make (or the terminal) went away without Ctrl-C
-                raise KeyboardInterrupt
-            for name, proc in self.procs:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {proc.returncode}")
-            time.sleep(0.5)
 
 
 def main() -> int:
@@ -137,44 +95,25 @@ def main() -> int:
     env.setdefault("TEMPORAL_ADDRESS", f"127.0.0.1:{temporal_port}")
     ui_env(env, ui_port)
 
-    stack = Stack()
+    stack = ForegroundStack()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)  # also when started with SIGINT ignored (e.g. from &)
     try:
         print("py-lever: starting the stack (Ctrl-C stops all of it)", flush=True)
         temporal = stack.start(
-            "Temporal dev server",
-            [
-                str(BIN / "temporal"),
-                "server",
-                "start-dev",
-                "--ip",
-                "127.0.0.1",
-                "--port",
-                str(temporal_port),
-                "--ui-port",
-                str(ui_port),
-                "--db-filename",
-                str(data / "temporal.db"),
-                "--sqlite-pragma",
-                "journal_mode=wal",
-                "--sqlite-pragma",
-                "synchronous=normal",
-                # One partition per task queue, as deploy/dynamicconfig sets: the server
-                # splits a queue's rate limit between partitions (the Lever queue sags).
-                "--dynamic-config-value",
-                "matching.numTaskqueueReadPartitions=1",
-                "--dynamic-config-value",
-                "matching.numTaskqueueWritePartitions=1",
-                # Each account's tasks served in turn (task-queue fairness), as in production.
-                "--dynamic-config-value",
-                "matching.enableFairness=true",
-                "--ui-codec-endpoint",
-                f"http://127.0.0.1:{api_port}/codec",
-                "--log-level",
-                "warn",
-            ],
-            env,
+            ManagedProcess(
+                "Temporal dev server",
+                dev_server_args(
+                    port=temporal_port,
+                    ui_port=ui_port,
+                    ui_codec_endpoint=f"http://127.0.0.1:{api_port}/codec",
+                    db_filename=data / "temporal.db",
+                    # One partition per task queue and each account's tasks served in turn
+                    # (task-queue fairness), as deploy/dynamicconfig sets.
+                    extra_args=[*partition_args(1), *FAIRNESS_ARGS],
+                ),
+                env,
+            )
         )
         sandboxes: list[str] = []
         lever_urls = {urlparse(a.lever_api_url) for a in config.accounts}
@@ -182,23 +121,14 @@ def main() -> int:
             if url.hostname in LOCAL_HOSTS and url.port:
                 account = next(a for a in config.accounts if urlparse(a.lever_api_url) == url)
                 stack.start(
-                    f"Lever sandbox :{url.port}",
-                    [
-                        sys.executable,
-                        "-m",
-                        "sandbox.lever",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(url.port),
-                        "--webhook-url",
-                        f"http://127.0.0.1:{api_port}/webhooks/lever/{account.id}",
-                    ],
-                    {
-                        **env,
-                        "LEVER_SANDBOX_API_KEY": account.lever_api_key.get_secret_value(),
-                        "LEVER_SANDBOX_SIGNATURE_TOKEN": account.signature_tokens()[0],
-                    },
+                    lever_sandbox_process(
+                        url.port,
+                        webhook_url=f"http://127.0.0.1:{api_port}/webhooks/lever/{account.id}",
+                        api_key=account.lever_api_key.get_secret_value(),
+                        signature_token=account.signature_tokens()[0],
+                        env=env,
+                        name=f"Lever sandbox :{url.port}",
+                    )
                 )
                 sandboxes.append(
                     f"Lever sandbox    http://127.0.0.1:{url.port}  (account {account.id})"
@@ -206,44 +136,19 @@ def main() -> int:
         py_url = urlparse(config.py.api_url)
         if py_url.hostname in LOCAL_HOSTS and py_url.port:
             stack.start(
-                f"Py sandbox :{py_url.port}",
-                [
-                    sys.executable,
-                    "-m",
-                    "sandbox.py",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(py_url.port),
-                ],
-                {
-                    **env,
-                    "PY_SANDBOX_API_KEY": config.py.api_key.get_secret_value(),
-                    "PY_SANDBOX_CALLBACK_SECRET": config.py.callback_secret.get_secret_value(),
-                },
+                py_sandbox_process(
+                    py_url.port,
+                    api_key=config.py.api_key.get_secret_value(),
+                    callback_secret=config.py.callback_secret.get_secret_value(),
+                    env=env,
+                    name=f"Py sandbox :{py_url.port}",
+                )
             )
             sandboxes.append(f"Py sandbox       http://127.0.0.1:{py_url.port}")
-        _wait_port("127.0.0.1", temporal_port, 60, temporal, "Temporal dev server")
-        stack.start("worker", [sys.executable, "worker.py"], env)
-        api = stack.start(
-            "API",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "api:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(api_port),
-                "--no-access-log",
-                # uvicorn's h11 with a header timeout (pylever/edge/http_server.py)
-                "--http",
-                "pylever.edge.http_server:TimedH11Protocol",
-            ],
-            env,
-        )
-        _wait_port("127.0.0.1", api_port, 60, api, "API")
+        wait_port(temporal_port, within=60, proc=temporal, name="Temporal dev server")
+        stack.start(worker_process(env=env))
+        api = stack.start(api_process(api_port, env=env, name="API"))
+        wait_port(api_port, within=60, proc=api, name="API")
         lines = [
             "",
             "py-lever is running:",

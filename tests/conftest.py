@@ -5,7 +5,7 @@
   HTTP stack;
 - ``integration``: the whole stack in this process (tests/support/integration_stack.py,
   the session ``stack`` fixture in tests/integration/conftest.py, ``api.create_app``);
-- ``system``: real processes (tests/support/process_stack.py, ``make run``, uvicorn and
+- ``system``: real processes (sandbox/process_stack.py, ``make run``, uvicorn and
   worker processes): faults, load, durability. Every system test is also ``slow``.
 
 ``make test-fast`` runs the first two, ``make test-quick`` all but ``slow``, ``make test``

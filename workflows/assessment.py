@@ -21,6 +21,7 @@ Executions started before these promises run the shipped shape
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -56,6 +57,18 @@ with workflow.unsafe.imports_passed_through():
     from workflows.versions import DURABLE
 
 
+@dataclass
+class AssessmentState:
+    """What an assessment knows: the query and the memo show it; the withdrawal reaches
+    every child it started."""
+
+    status: Status = Status.RESOLVING
+    reason: str | None = None  # why it ended so
+    withdrawal: Withdrawal | None = None
+    started: list[ChosenTest] = field(default_factory=list)  # tests whose child started
+    told: set[str] = field(default_factory=set)  # children already sent the withdrawal
+
+
 @workflow.defn
 class AssessmentWorkflow(AssessmentV1):
     """One candidate in one trigger stage: check, choose tests, one child per test."""
@@ -63,38 +76,36 @@ class AssessmentWorkflow(AssessmentV1):
     @workflow.init
     def __init__(self, input: AssessmentInput) -> None:
         self._input = input
-        self._withdrawal: Withdrawal | None = None
+        self.state = AssessmentState()
+        # The started children's handles, in the order started: work in flight, not state
+        # (awaited for their results, signalled, cancelled).
         self._children: list[workflow.ChildWorkflowHandle[Any, InvitationResult]] = []
-        self._started: list[ChosenTest] = []
-        self._told: set[str] = set()  # children already sent the withdrawal
-        self._status = Status.RESOLVING
-        self._reason: str | None = None
 
     @workflow.signal(name="withdraw")
     async def withdraw(self, withdrawal: Withdrawal) -> None:
-        if self._withdrawal is not None:
+        if self.state.withdrawal is not None:
             return
-        self._withdrawal = withdrawal
+        self.state.withdrawal = withdrawal
         await self._forward_withdrawal()
 
     async def _forward_withdrawal(self) -> None:
         """Tell every started child, once. ``run`` calls it too after each child starts:
         a withdrawal that arrives while a child's start is pending is not lost."""
-        if self._withdrawal is None:
+        if self.state.withdrawal is None:
             return
         for child in list(self._children):
-            if child.id in self._told:
+            if child.id in self.state.told:
                 continue
-            self._told.add(child.id)
+            self.state.told.add(child.id)
             try:
-                await child.signal(InvitationWorkflow.withdraw, self._withdrawal)
+                await child.signal(InvitationWorkflow.withdraw, self.state.withdrawal)
             except Exception as exc:  # the child has finished already
                 if is_cancelled_exception(exc):
                     raise
 
     @workflow.query(name="status")
     def status(self) -> dict[str, object]:
-        return {"status": self._status.value, "reason": self._reason}
+        return {"status": self.state.status.value, "reason": self.state.reason}
 
     @workflow.run
     async def run(self, input: AssessmentInput) -> AssessmentResult:
@@ -136,9 +147,9 @@ class AssessmentWorkflow(AssessmentV1):
             return self._end(Status.NOT_SENT, "the opportunity never entered this stage")
         if candidate.archived:
             return self._end(Status.NOT_SENT, "the opportunity is archived")
-        if self._withdrawal is not None:
+        if self.state.withdrawal is not None:
             return self._end(
-                Status.CANCELLED, decisions.withdrawal_reason_text(self._withdrawal.reason)
+                Status.CANCELLED, decisions.withdrawal_reason_text(self.state.withdrawal.reason)
             )
 
         settings = input.settings
@@ -164,9 +175,9 @@ class AssessmentWorkflow(AssessmentV1):
             return await self._end_tagged(
                 lever, decisions.TAG_NO_EMAIL, Status.ERROR, "the candidate has no email address"
             )
-        if self._withdrawal is not None:
+        if self.state.withdrawal is not None:
             return self._end(
-                Status.CANCELLED, decisions.withdrawal_reason_text(self._withdrawal.reason)
+                Status.CANCELLED, decisions.withdrawal_reason_text(self.state.withdrawal.reason)
             )
 
         stale = decisions.stale_tags(candidate.tags)
@@ -184,7 +195,7 @@ class AssessmentWorkflow(AssessmentV1):
         earlier = await self._earlier_invitations(list(child_ids.values())) if input.rerun else {}
         busy: list[InvitationResult] = []  # tests whose earlier invitation workflow still runs
         for test in choice.tests:
-            if self._withdrawal is not None:
+            if self.state.withdrawal is not None:
                 break  # withdrawn while starting: start no more children
             try:
                 handle = await self._start_child(input, candidate, test, choice, child_ids, earlier)
@@ -199,28 +210,28 @@ class AssessmentWorkflow(AssessmentV1):
                 )
                 continue
             self._children.append(handle)
-            self._started.append(test)
+            self.state.started.append(test)
             await self._forward_withdrawal()
-        if not self._started:
+        if not self.state.started:
             if busy:
                 return self._end(Status.ERROR, busy[0].error, tuple(busy))
-            assert self._withdrawal is not None
+            assert self.state.withdrawal is not None
             return self._end(
-                Status.CANCELLED, decisions.withdrawal_reason_text(self._withdrawal.reason)
+                Status.CANCELLED, decisions.withdrawal_reason_text(self.state.withdrawal.reason)
             )
         self._set_status(Status.INVITED)
         results = [*await self._child_results(), *busy]
         reason = decisions.reason_after_withdrawn_children(
-            self._withdrawal.reason if self._withdrawal is not None else None
+            self.state.withdrawal.reason if self.state.withdrawal is not None else None
         )
-        if len(choice.tests) > 1 and self._withdrawal is None:
+        if len(choice.tests) > 1 and self.state.withdrawal is None:
             reason = await self._conclude_several(lever, results)
         return self._end(decisions.overall_status(results), reason, tuple(results))
 
     def _account_removed(self) -> AssessmentResult | None:
         """Ended ``cancelled`` when the account was removed from the configuration (a
         withdrawal that writes nothing more to Lever); None otherwise."""
-        withdrawal = self._withdrawal
+        withdrawal = self.state.withdrawal
         if withdrawal is None or not decisions.withdrawal_stops_lever_calls(withdrawal.reason):
             return None
         return self._end(Status.CANCELLED, decisions.withdrawal_reason_text(withdrawal.reason))
@@ -276,7 +287,7 @@ class AssessmentWorkflow(AssessmentV1):
     async def _child_results(self) -> list[InvitationResult]:
         outcomes = await asyncio.gather(*self._children, return_exceptions=True)
         results = []
-        for test, outcome in zip(self._started, outcomes, strict=True):
+        for test, outcome in zip(self.state.started, outcomes, strict=True):
             if isinstance(outcome, InvitationResult):
                 results.append(outcome)
             elif isinstance(outcome, BaseException) and is_cancelled_exception(outcome):
@@ -347,9 +358,9 @@ class AssessmentWorkflow(AssessmentV1):
         return self._end(status, reason)
 
     def _set_status(self, status: Status) -> None:
-        self._status = status
+        self.state.status = status
         workflow.upsert_search_attributes([sa.PY_STATUS.value_set(status.value)])
-        workflow.upsert_memo({"assessment": {"status": status.value, "reason": self._reason}})
+        workflow.upsert_memo({"assessment": {"status": status.value, "reason": self.state.reason}})
 
     def _end(
         self,
@@ -357,7 +368,7 @@ class AssessmentWorkflow(AssessmentV1):
         reason: str | None,
         invitations: tuple[InvitationResult, ...] = (),
     ) -> AssessmentResult:
-        self._reason = reason
+        self.state.reason = reason
         self._set_status(status)
         if reason:
             workflow.logger.info("assessment ended %s: %s", status.value, reason)

@@ -1,8 +1,8 @@
 """Pure decisions of the assessment: no I/O, no clock, no Temporal.
 
 Which tests to send, which verdict a score earns, which Lever tags to add and
-remove, when reminders and the expiry fall, how ids are spelled. The workflows
-call these; the unit tests call them directly.
+remove, when reminders and the expiry fall, what an invitation's wait ended in, how
+ids are spelled. The workflows call these; the unit tests call them directly.
 """
 
 from __future__ import annotations
@@ -10,8 +10,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
-from pylever.contracts.records import ChosenTest, InvitationResult, Status, TriggerSettings, Verdict
+from pylever.contracts.records import (
+    ChosenTest,
+    InvitationRecord,
+    InvitationResult,
+    Status,
+    TriggerSettings,
+    Verdict,
+    Withdrawal,
+)
 
 TAG_INVITED = "Py - Invited"
 TAG_STARTED = "Py - Started"
@@ -245,7 +254,51 @@ def checkpoints(reminders_seconds: Iterable[int], expire_after_seconds: int) -> 
     ]
 
 
-# --- outcome -------------------------------------------------------------------
+# --- the outcome of one invitation ------------------------------------------------
+
+
+class Halt(Enum):
+    """Why an invitation stops waiting without a result from Py."""
+
+    LEVER_GONE = "lever_gone"  # Lever answers 404 for the opportunity: the candidate is gone
+    PY_CONTRACT = "py_contract"  # Py sent a record that breaks its contract
+    LEVER_UNREACHABLE = "lever_unreachable"  # a write still failed after the durable horizon
+
+
+class Outcome(Enum):
+    """What an invitation writes once its wait is over (``InvitationWorkflow._apply``)."""
+
+    RESULT = "result"  # completed at Py: the verdict, the report link, the stage move
+    EXPIRED = "expired"  # expired (cancelled at Py by the workflow): "Py - Expired"
+    CANCELLED_AT_PY = "cancelled_at_py"  # cancelled at Py by someone else: clear the tags
+    STOPPED = "stopped"  # withdrawn, or the candidate gone: cancel at Py first, clear the tags
+    BROKEN_CONTRACT = "broken_contract"  # Py broke its contract, no result: clear, end error
+
+
+def invitation_outcome(
+    final: InvitationRecord | None, withdrawal: Withdrawal | None, halt: Halt | None
+) -> Outcome:
+    """The outcome of an invitation whose wait is over, from what it holds then: Py's final
+    record (completed, expired or cancelled), a withdrawal, a halt.
+
+    A completed result is always written (a withdrawal or a halt changes only how much of
+    it); a contract Py broke without a result ends in an error; a withdrawal or a halt
+    stops it (cancelled at Py first, where a result may still turn up); otherwise Py's
+    record says whether it expired or was cancelled.
+    """
+    completed = final is not None and final.status == "completed"
+    if halt is Halt.PY_CONTRACT and not completed:
+        return Outcome.BROKEN_CONTRACT
+    if completed:
+        return Outcome.RESULT
+    if final is None or withdrawal is not None or halt is not None:
+        return Outcome.STOPPED
+    if final.status == "expired":
+        return Outcome.EXPIRED
+    return Outcome.CANCELLED_AT_PY
+
+
+# --- outcome of an assessment ------------------------------------------------------
 
 
 def overall_status(results: Sequence[InvitationResult]) -> Status:

@@ -6,6 +6,9 @@ the in-progress tags, waits for the result (a signal) with reminders and an expi
 and writes the outcome to Lever. Decisions come from ``workflows.decisions``; every
 outside call is an activity (``workflows.calls``).
 
+What it knows is one ``InvitationState``. The wait ends with an ``Outcome``, chosen
+once by ``decisions.invitation_outcome`` from that state, which ``_apply`` writes.
+
 Promises kept here (docs/architecture.md, "Durability"):
 
 - Once an invitation is live at Py, the outcome is written to Lever whatever
@@ -27,8 +30,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, assert_never
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeUpdate
@@ -58,26 +62,43 @@ with workflow.unsafe.imports_passed_through():
         Withdrawal,
     )
     from workflows.calls import LeverOps, durable_horizon, error_message, failure_type, py_call
+    from workflows.decisions import Halt, Outcome
     from workflows.shipped_v1 import InvitationV1
     from workflows.versions import DURABLE
 _FINISHED_AT_PY = ("completed", "expired", "cancelled")  # nothing more will happen at Py
-
-# Why an invitation stops waiting without a result from Py.
-LEVER_GONE = "lever_gone"  # Lever answers 404 for the opportunity: the candidate is gone
-PY_CONTRACT = "py_contract"  # Py sent a record that breaks its contract
-LEVER_UNREACHABLE = "lever_unreachable"  # a write still failed after the durable horizon
 
 ArgT = TypeVar("ArgT")
 ResultT = TypeVar("ResultT")
 
 
-def _halt_reason(exc: ActivityError) -> str | None:
+def _halt_reason(exc: ActivityError) -> Halt | None:
     """What a final failure of a durable Lever write means for the invitation."""
     if failure_type(exc) == NotFoundError.__name__:
-        return LEVER_GONE
+        return Halt.LEVER_GONE
     if isinstance(exc.cause, TemporalTimeout):
-        return LEVER_UNREACHABLE
+        return Halt.LEVER_UNREACHABLE
     return None  # Lever refused this one request for good (400): the others still go
+
+
+@dataclass
+class InvitationState:
+    """What an invitation knows: the signals write it, ``run`` reads it, the query, the
+    memo and the result show it, and ``decisions.invitation_outcome`` decides from it."""
+
+    status: Status = Status.RESOLVING
+    invitation_id: str | None = None
+    adopting: str | None = None  # an earlier run's invitation, while Py is asked about it
+    sent_at: datetime | None = None  # reminders and the expiry count from here
+    next_check: datetime | None = None
+    early_events: list[PyEvent] = field(default_factory=list)  # before the id was known
+    started_seen: bool = False  # Py says the candidate started
+    started_tagged: bool = False  # "Py - Started" is queued
+    final: InvitationRecord | None = None  # completed / expired / cancelled
+    withdrawal: Withdrawal | None = None
+    halt: Halt | None = None
+    verdict: Verdict | None = None
+    score: float | None = None
+    error: str | None = None  # the last one
 
 
 @workflow.defn
@@ -87,23 +108,13 @@ class InvitationWorkflow(InvitationV1):
     @workflow.init
     def __init__(self, input: InvitationInput) -> None:
         self._input = input
-        self._final: InvitationRecord | None = None  # completed / expired / cancelled
-        self._started_seen = False
-        self._started_tagged = False
-        self._withdrawal: Withdrawal | None = None
-        self._status = Status.RESOLVING
-        self._invitation_id: str | None = None
-        self._verdict: Verdict | None = None
-        self._score: float | None = None
-        self._error: str | None = None
-        self._sent_at: datetime | None = None
-        self._next_check: datetime | None = None
-        self._early_events: list[PyEvent] = []  # callbacks before the invitation id was known
-        self._halt: str | None = None  # LEVER_GONE / PY_CONTRACT / LEVER_UNREACHABLE
+        self.state = InvitationState()
+        self._horizon = durable_horizon(input.settings)
+        self._lever = LeverOps(input.account_id, input.opportunity_id).durable(self._horizon)
+        # Work in flight, not state: what an operator's cancel waits for or learns from.
         self._cosmetic: asyncio.Task[None] | None = None  # the last queued cosmetic tag write
-        self._creating: asyncio.Task[InvitationRecord] | None = None
-        self._adopting: str | None = None  # an earlier run's invitation, while Py is asked
-        self._outcome: asyncio.Task[None] | None = None  # writing the outcome
+        self._creating: asyncio.Task[InvitationRecord] | None = None  # Py creating it
+        self._writing: asyncio.Task[None] | None = None  # deciding and writing the outcome
 
     # --- signals and queries -------------------------------------------------
 
@@ -112,21 +123,22 @@ class InvitationWorkflow(InvitationV1):
         # The reference (this workflow's id) outlives a run: after a re-entry a late
         # callback about the previous run's invitation reaches this run. Until the
         # invitation's id is known, keep events; then ignore those about another one.
-        if self._invitation_id is None:
-            self._early_events.append(event)
+        state = self.state
+        if state.invitation_id is None:
+            state.early_events.append(event)
             return
-        if event.invitation.id != self._invitation_id:
+        if event.invitation.id != state.invitation_id:
             workflow.logger.info("ignored a callback about another invitation")
             return
         if event.event == "invitation.started":
-            self._started_seen = True
-        elif self._final is None:
-            self._final = event.invitation
+            state.started_seen = True
+        elif state.final is None:
+            state.final = event.invitation
 
     @workflow.signal(name="withdraw")
     def withdraw(self, withdrawal: Withdrawal) -> None:
-        if self._withdrawal is None:
-            self._withdrawal = withdrawal
+        if self.state.withdrawal is None:
+            self.state.withdrawal = withdrawal
 
     @workflow.query(name="status")
     def status(self) -> dict[str, object]:
@@ -138,8 +150,6 @@ class InvitationWorkflow(InvitationV1):
     async def run(self, input: InvitationInput) -> InvitationResult:
         if not workflow.patched(DURABLE):
             return await self._run_v1(input)
-        self._horizon = durable_horizon(input.settings)
-        self._lever = LeverOps(input.account_id, input.opportunity_id).durable(self._horizon)
         workflow.upsert_search_attributes(
             [
                 sa.LEVER_ACCOUNT.value_set(input.account_id),
@@ -160,35 +170,41 @@ class InvitationWorkflow(InvitationV1):
 
     async def _follow(self, input: InvitationInput) -> None:
         """Send (or adopt) the invitation, wait for its outcome, write it to Lever."""
-        if self._withdrawal is not None:
+        state = self.state
+        if state.withdrawal is not None:
             self._set_status(Status.CANCELLED)
             return
         invitation = await self._open_invitation(input)
         if invitation is None:
             return  # Py refused it: ended ``error``, tagged
-        self._invitation_id = invitation.id
-        for event in self._early_events:
+        state.invitation_id = invitation.id
+        for event in state.early_events:
             self.py_event(event)
-        self._early_events.clear()
+        state.early_events.clear()
         if invitation.status in _FINISHED_AT_PY:
             # The same idempotency key again (a re-run), or an adopted one: Py holds the outcome.
             self._take(invitation)
-        elif self._withdrawal is None:
+        elif state.withdrawal is None:
             self._tag_in_background(decisions.TagChange(add=(decisions.TAG_INVITED,)))
             self._set_status(Status.INVITED)
             if invitation.status == "started":
-                self._started_seen = True
-            await self._wait_for_outcome(invitation.id)
-        # Shielded: a cancel that arrives while the outcome is written waits for it.
-        self._outcome = asyncio.create_task(self._apply_outcome())
-        await asyncio.shield(self._outcome)
+                state.started_seen = True
+            await self._wait(invitation.id)
+        # Shielded: a cancel that arrives while the outcome is decided or written waits for it.
+        self._writing = asyncio.create_task(self._conclude())
+        await asyncio.shield(self._writing)
+
+    async def _conclude(self) -> None:
+        """Decide the outcome, once, and write it."""
+        await self._apply(await self._outcome())
 
     async def _open_invitation(self, input: InvitationInput) -> InvitationRecord | None:
         """The invitation this workflow follows: an earlier run's still open one, or a new one."""
+        state = self.state
         if input.adopt_invitation_id is not None:
-            self._adopting = input.adopt_invitation_id  # a cancel meanwhile cancels it at Py
+            state.adopting = input.adopt_invitation_id  # a cancel meanwhile cancels it at Py
             adopted = await self._adopt(input.adopt_invitation_id)
-            self._adopting = None
+            state.adopting = None
             if adopted is not None:
                 return adopted
         request = CreateInvitation(
@@ -212,7 +228,7 @@ class InvitationWorkflow(InvitationV1):
         # Py's idempotency key may have returned an invitation it created earlier: keep its clock.
         now = workflow.now()
         created = invitation.created_at
-        self._sent_at = created if created is not None and created <= now else now
+        state.sent_at = created if created is not None and created <= now else now
         return invitation
 
     async def _adopt(self, invitation_id: str) -> InvitationRecord | None:
@@ -230,14 +246,15 @@ class InvitationWorkflow(InvitationV1):
             return None  # expired or cancelled at Py: a new one is due
         now = workflow.now()
         created = previous.created_at
-        self._sent_at = created if created is not None and created <= now else now
+        self.state.sent_at = created if created is not None and created <= now else now
         workflow.logger.info("adopted the earlier run's invitation (%s)", previous.status)
         return previous
 
     async def _refused(self, exc: ActivityError) -> None:
         """Py refused the invitation for good: tag it and end ``error`` (nothing is live)."""
-        self._error = error_message(exc)
-        workflow.logger.warning("Py refused the invitation: %s", self._error)
+        state = self.state
+        state.error = error_message(exc)
+        workflow.logger.warning("Py refused the invitation: %s", state.error)
         try:
             await LeverOps(self._input.account_id, self._input.opportunity_id).change_tags(
                 decisions.TagChange(add=(decisions.TAG_INVITE_FAILED,))
@@ -245,21 +262,22 @@ class InvitationWorkflow(InvitationV1):
         except ActivityError as tag_exc:
             if is_cancelled_exception(tag_exc):
                 raise
-            self._error += f"; cannot tag it in Lever: {error_message(tag_exc)}"
+            state.error += f"; cannot tag it in Lever: {error_message(tag_exc)}"
         self._set_status(Status.ERROR)
 
     # --- waiting ---------------------------------------------------------------
 
-    async def _wait_for_outcome(self, invitation_id: str) -> None:
+    async def _wait(self, invitation_id: str) -> None:
         """Until a result, a withdrawal, a halt or the expiry; Py is asked at each checkpoint."""
-        assert self._sent_at is not None
+        state = self.state
+        assert state.sent_at is not None
         settings = self._input.settings
         for checkpoint in decisions.checkpoints(
             settings.reminders_seconds, settings.expire_after_seconds
         ):
-            due = self._sent_at + timedelta(seconds=checkpoint.at_seconds)
-            self._next_check = due
-            self._set_status(self._status)  # refresh the details with the next check
+            due = state.sent_at + timedelta(seconds=checkpoint.at_seconds)
+            state.next_check = due
+            self._set_status(state.status)  # refresh the details with the next check
             if await self._wait_until(due):
                 return
             if await self._check_at_py(invitation_id, checkpoint.kind):
@@ -290,8 +308,8 @@ class InvitationWorkflow(InvitationV1):
         if self._settled():  # a callback, withdrawal or halt arrived while we asked
             return True
         if kind == "reminder":
-            if (current is not None and current.status == "started") or self._started_seen:
-                self._started_seen = True  # its callback may have been lost: tag it, no reminder
+            if (current is not None and current.status == "started") or self.state.started_seen:
+                self.state.started_seen = True  # its callback may be lost: tag it, no reminder
                 if self._started_pending():
                     self._tag_started()
             elif await self._py(PyActivity.remind, invitation_id) is False:
@@ -313,10 +331,10 @@ class InvitationWorkflow(InvitationV1):
         except ActivityError as exc:
             if is_cancelled_exception(exc):
                 raise
-            self._error = error_message(exc)
-            workflow.logger.warning("Py call failed for good: %s", self._error)
+            self.state.error = error_message(exc)
+            workflow.logger.warning("Py call failed for good: %s", self.state.error)
             if failure_type(exc) == PY_CONTRACT_ERROR:
-                self._halt = PY_CONTRACT
+                self.state.halt = Halt.PY_CONTRACT
             return None
 
     async def _cancel_at_py(
@@ -335,20 +353,40 @@ class InvitationWorkflow(InvitationV1):
         return at_py or InvitationRecord(id=invitation_id, status="cancelled")
 
     def _settled(self) -> bool:
-        return self._final is not None or self._withdrawal is not None or self._halt is not None
+        state = self.state
+        return state.final is not None or state.withdrawal is not None or state.halt is not None
 
     def _started_pending(self) -> bool:
-        return self._started_seen and not self._started_tagged and self._final is None
+        state = self.state
+        return state.started_seen and not state.started_tagged and state.final is None
 
     def _tag_started(self) -> None:
-        self._started_tagged = True
+        self.state.started_tagged = True
         self._tag_in_background(decisions.TagChange(add=(decisions.TAG_STARTED,)))
-        if self._final is None:
+        if self.state.final is None:
             self._set_status(Status.STARTED)
 
     def _take(self, record: InvitationRecord) -> None:
-        if self._final is None:
-            self._final = record
+        if self.state.final is None:
+            self.state.final = record
+
+    async def _outcome(self) -> Outcome:
+        """The end of the wait: the outcome, once the cosmetic tags queued before it are
+        written (until then a 404 on one of them, or a callback, may still change it)."""
+        if self._cosmetic is not None:
+            await self._after_cosmetic(self._cosmetic)
+        state = self.state
+        return decisions.invitation_outcome(state.final, state.withdrawal, state.halt)
+
+    async def _after_cosmetic(self, cosmetic: asyncio.Task[None]) -> None:
+        """Wait for the queued cosmetic tags; an account removal gives them up instead
+        (its Lever key may be revoked, its Lever queue unserved)."""
+        withdrawal = self.state.withdrawal
+        if withdrawal is None or not decisions.withdrawal_stops_lever_calls(withdrawal.reason):
+            await cosmetic
+            return
+        cosmetic.cancel()
+        await workflow.wait([cosmetic])
 
     # --- Lever writes ------------------------------------------------------------
 
@@ -356,21 +394,22 @@ class InvitationWorkflow(InvitationV1):
         """A cosmetic tag: written in order after the previous one, never ending the invitation
         (a 404 halts it: the candidate is gone)."""
         previous = self._cosmetic
+        state = self.state
 
         async def write() -> None:
             if previous is not None:
                 await previous
-            if self._halt is not None:
+            if state.halt is not None:
                 return
             try:
                 await self._lever.change_tags(change)
             except ActivityError as exc:
                 if is_cancelled_exception(exc):
                     return
-                self._error = f"cannot tag {', '.join(change.add)}: {error_message(exc)}"
-                workflow.logger.warning("%s", self._error)
-                if failure_type(exc) == "NotFoundError":
-                    self._halt = LEVER_GONE
+                state.error = f"cannot tag {', '.join(change.add)}: {error_message(exc)}"
+                workflow.logger.warning("%s", state.error)
+                if failure_type(exc) == NotFoundError.__name__:
+                    state.halt = Halt.LEVER_GONE
 
         self._cosmetic = asyncio.create_task(write())
 
@@ -378,7 +417,8 @@ class InvitationWorkflow(InvitationV1):
         """One durable write of the outcome. False: stop writing (candidate gone, or Lever
         still failing after the horizon); a request Lever refuses for good is recorded and
         the rest of the outcome still goes."""
-        if self._halt in (LEVER_GONE, LEVER_UNREACHABLE):
+        state = self.state
+        if state.halt in (Halt.LEVER_GONE, Halt.LEVER_UNREACHABLE):
             return False
         try:
             await write()
@@ -386,57 +426,49 @@ class InvitationWorkflow(InvitationV1):
         except ActivityError as exc:
             if is_cancelled_exception(exc):
                 raise
-            self._error = f"cannot {what}: {error_message(exc)}"
-            workflow.logger.warning("%s", self._error)
+            state.error = f"cannot {what}: {error_message(exc)}"
+            workflow.logger.warning("%s", state.error)
             halt = _halt_reason(exc)
             if halt is not None:
-                self._halt = halt
+                state.halt = halt
                 return False
             return True
 
-    async def _apply_outcome(self) -> None:
-        """Write the outcome exactly once, after the cosmetic tags queued before it."""
-        if self._cosmetic is not None:
-            await self._after_cosmetic(self._cosmetic)
-        final = self._final
-        if self._halt == PY_CONTRACT and (final is None or final.status != "completed"):
-            await self._clear_in_progress()
-            self._set_status(Status.ERROR)
-        elif final is not None and final.status == "completed":
-            await self._apply_result(final)
-        elif self._withdrawal is not None or self._halt is not None or final is None:
-            await self._stop_without_result()
-        elif final.status == "expired":
-            alone = self._input.tests_in_assessment <= 1
-            await self._write(
-                "tag the expiry",
-                lambda: self._lever.change_tags(decisions.tags_on_expiry(last=alone)),
-            )
-            self._set_status(Status.EXPIRED)
-        else:  # cancelled at Py by someone else
-            await self._clear_in_progress()
-            self._set_status(Status.CANCELLED)
-
-    async def _after_cosmetic(self, cosmetic: asyncio.Task[None]) -> None:
-        """Wait for the queued cosmetic tags; an account removal gives them up instead
-        (its Lever key may be revoked, its Lever queue unserved)."""
-        withdrawal = self._withdrawal
-        if withdrawal is None or not decisions.withdrawal_stops_lever_calls(withdrawal.reason):
-            await cosmetic
-            return
-        cosmetic.cancel()
-        await workflow.wait([cosmetic])
+    async def _apply(self, outcome: Outcome) -> None:
+        """Write the outcome (exactly once): to Lever, and for a stop to Py first."""
+        match outcome:
+            case Outcome.RESULT:
+                assert self.state.final is not None
+                await self._apply_result(self.state.final)
+            case Outcome.STOPPED:
+                await self._stop_without_result()
+            case Outcome.EXPIRED:
+                alone = self._input.tests_in_assessment <= 1
+                await self._write(
+                    "tag the expiry",
+                    lambda: self._lever.change_tags(decisions.tags_on_expiry(last=alone)),
+                )
+                self._set_status(Status.EXPIRED)
+            case Outcome.CANCELLED_AT_PY:  # by someone else
+                await self._clear_in_progress()
+                self._set_status(Status.CANCELLED)
+            case Outcome.BROKEN_CONTRACT:
+                await self._clear_in_progress()
+                self._set_status(Status.ERROR)
+            case _:
+                assert_never(outcome)
 
     async def _apply_result(self, final: InvitationRecord) -> None:
         """The verdict tag, the report link and the stage move (records from Py are validated
         where they enter, ``activities.py``; a bad one never gets here)."""
+        state = self.state
         settings = self._input.settings
         score = final.score if final.score is not None else 0.0
         verdict = decisions.verdict_for(score, settings.pass_threshold, settings.fail_threshold)
-        self._verdict, self._score = verdict, final.score
-        if self._halt == LEVER_GONE or (
-            self._withdrawal is not None
-            and not decisions.withdrawal_writes_lever(self._withdrawal.reason)
+        state.verdict, state.score = verdict, final.score
+        if state.halt is Halt.LEVER_GONE or (
+            state.withdrawal is not None
+            and not decisions.withdrawal_writes_lever(state.withdrawal.reason)
         ):
             self._set_status(Status.COMPLETED)  # nothing to write to a candidate who is gone
             return
@@ -451,7 +483,7 @@ class InvitationWorkflow(InvitationV1):
             )
         self._set_status(Status.COMPLETED)
         target = decisions.move_target(verdict, settings) if alone else None
-        if target and self._withdrawal is None:
+        if target and state.withdrawal is None:
             await self._write(
                 f"move the candidate to {target!r}", lambda: self._lever.move_to_stage(target)
             )
@@ -460,14 +492,15 @@ class InvitationWorkflow(InvitationV1):
     async def _stop_without_result(self) -> None:
         """Withdrawn (archived, deleted), or the candidate is gone: cancel at Py first; a result
         Py already holds is applied (no stage move); archived: clear the in-progress tags."""
-        if self._invitation_id is not None:
-            at_py = await self._cancel_at_py(self._invitation_id)
+        state = self.state
+        if state.invitation_id is not None:
+            at_py = await self._cancel_at_py(state.invitation_id)
             if at_py.status == "completed":
-                self._final = at_py
+                state.final = at_py
                 await self._apply_result(at_py)
                 return
-        if self._withdrawal is not None:
-            change = decisions.tags_on_withdrawal(self._withdrawal.reason)
+        if state.withdrawal is not None:
+            change = decisions.tags_on_withdrawal(state.withdrawal.reason)
             if change.remove:
                 await self._write(
                     "clear the in-progress tags", lambda: self._lever.change_tags(change)
@@ -488,78 +521,83 @@ class InvitationWorkflow(InvitationV1):
         in-progress tags, no verdict. True: end cancelled; False: Py already held the result,
         which has been applied."""
         workflow.logger.info("cancel requested: cancelling the invitation at Py")
-        if self._outcome is not None:
-            await self._outcome  # the outcome was being written: it stands
+        if self._writing is not None:
+            await self._writing  # the outcome was being decided or written: it stands
             return False
-        if self._invitation_id is None and self._adopting is not None:
-            self._invitation_id = self._adopting  # Py was being asked about it: cancel it
-        if self._invitation_id is None and self._creating is not None:
+        state = self.state
+        if state.invitation_id is None and state.adopting is not None:
+            state.invitation_id = state.adopting  # Py was being asked about it: cancel it
+        if state.invitation_id is None and self._creating is not None:
             try:
-                self._invitation_id = (await self._creating).id  # it may be live: learn its id
+                state.invitation_id = (await self._creating).id  # it may be live: learn its id
             except ActivityError:
                 pass  # Py refused it: nothing is live
-        if self._invitation_id is not None and self._final is None:
-            self._take(await self._cancel_at_py(self._invitation_id))
+        if state.invitation_id is not None and state.final is None:
+            self._take(await self._cancel_at_py(state.invitation_id))
         if self._cosmetic is not None:
             await self._cosmetic
-        if self._final is not None and self._final.status == "completed":
-            await self._apply_result(self._final)
+        if state.final is not None and state.final.status == "completed":
+            await self._apply_result(state.final)
             return False
-        if self._invitation_id is not None:
+        if state.invitation_id is not None:
             await self._clear_in_progress()
-        self._error = self._error or "cancelled by an operator"
+        state.error = state.error or "cancelled by an operator"
         self._set_status(Status.CANCELLED)
         return True
 
     # --- visibility --------------------------------------------------------------
 
     def _set_status(self, status: Status) -> None:
-        self._status = status
+        state = self.state
+        state.status = status
         updates: list[SearchAttributeUpdate[Any]] = [sa.PY_STATUS.value_set(status.value)]
-        if self._verdict is not None:
-            updates.append(sa.PY_VERDICT.value_set(self._verdict.value))
-        if self._score is not None:
-            updates.append(sa.PY_SCORE.value_set(self._score))
+        if state.verdict is not None:
+            updates.append(sa.PY_VERDICT.value_set(state.verdict.value))
+        if state.score is not None:
+            updates.append(sa.PY_SCORE.value_set(state.score))
         workflow.upsert_search_attributes(updates)
         workflow.upsert_memo({"assessment": self._details()})
         workflow.set_current_details(self._details_text())
 
     def _details(self) -> dict[str, object]:
+        state = self.state
         return {
             "test": self._input.test.name,
             "test_id": self._input.test.id,
-            "status": self._status.value,
-            "invitation_id": self._invitation_id,
-            "verdict": self._verdict.value if self._verdict else None,
-            "score": self._score,
-            "sent_at": self._sent_at.isoformat() if self._sent_at else None,
-            "next_check_at": self._next_check.isoformat()
-            if self._next_check and self._status in (Status.INVITED, Status.STARTED)
+            "status": state.status.value,
+            "invitation_id": state.invitation_id,
+            "verdict": state.verdict.value if state.verdict else None,
+            "score": state.score,
+            "sent_at": state.sent_at.isoformat() if state.sent_at else None,
+            "next_check_at": state.next_check.isoformat()
+            if state.next_check and state.status in (Status.INVITED, Status.STARTED)
             else None,
             "updated_at": workflow.now().isoformat(),
-            "last_error": self._error,
+            "last_error": state.error,
         }
 
     def _details_text(self) -> str:
+        state = self.state
         lines = [
-            f"**{decisions.summary(self._input.candidate_name, self._input.test.name, self._status, self._verdict)}**",
-            f"- invitation: {self._invitation_id or '-'}",
+            f"**{decisions.summary(self._input.candidate_name, self._input.test.name, state.status, state.verdict)}**",
+            f"- invitation: {state.invitation_id or '-'}",
         ]
-        if self._score is not None:
-            lines.append(f"- score: {self._score:g}")
-        if self._next_check and self._status in (Status.INVITED, Status.STARTED):
-            lines.append(f"- next check: {self._next_check.isoformat()}")
-        if self._error:
-            lines.append(f"- last error: {self._error}")
+        if state.score is not None:
+            lines.append(f"- score: {state.score:g}")
+        if state.next_check and state.status in (Status.INVITED, Status.STARTED):
+            lines.append(f"- next check: {state.next_check.isoformat()}")
+        if state.error:
+            lines.append(f"- last error: {state.error}")
         return "\n".join(lines)
 
     def _result(self) -> InvitationResult:
+        state = self.state
         return InvitationResult(
             test=self._input.test,
-            status=self._status,
-            invitation_id=self._invitation_id,
-            verdict=self._verdict,
-            score=self._score,
-            report_url=self._final.report_url if self._final else None,
-            error=self._error,
+            status=state.status,
+            invitation_id=state.invitation_id,
+            verdict=state.verdict,
+            score=state.score,
+            report_url=state.final.report_url if state.final else None,
+            error=state.error,
         )

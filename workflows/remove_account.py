@@ -32,6 +32,7 @@ Its input, activity arguments and results are account and workflow ids only.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -76,111 +77,131 @@ class _ContinueAsNew(Exception):
     pass
 
 
+@dataclass
+class RemoveAccountState:
+    """What the removal knows. A continue-as-new carries it into the next run
+    (``RemoveAccountInput``, ``_carried``): all but ``signalled_here``, ``new_in_pass``
+    and ``stopped``, and of ``seen`` the last ``CARRIED_IDS``."""
+
+    seen: dict[str, None] = field(default_factory=dict)  # ids signalled, in that order
+    found: int = 0
+    signalled: int = 0
+    signalled_here: int = 0  # in this run
+    page_token: str | None = None  # the listing in progress
+    new_in_pass: int = 0  # ids new in the listing in progress
+    first_listing_at: datetime | None = None
+    quiet_since: datetime | None = None  # no new ids since
+    stopped: bool = False  # the account is configured again
+
+
 @workflow.defn
 class RemoveAccountWorkflow:
-    def __init__(self) -> None:
-        self._seen: dict[str, None] = {}  # in the order signalled
-        self._found = 0
-        self._signalled = 0
-        self._signalled_here = 0  # in this run
-        self._token: str | None = None
-        self._stopped = False
-        self._new_in_pass = 0
+    @workflow.init
+    def __init__(self, input: RemoveAccountInput) -> None:
+        self.state = RemoveAccountState(
+            seen=dict.fromkeys(input.seen),
+            found=input.found,
+            signalled=input.signalled,
+            page_token=input.page_token,
+            first_listing_at=input.first_listing_at,
+            quiet_since=input.quiet_since,
+        )
 
     @workflow.signal
     def stop(self) -> None:
         """The account is configured again: list no more."""
-        self._stopped = True
+        self.state.stopped = True
 
     @workflow.query
     def progress(self) -> RemoveAccountResult:
-        return RemoveAccountResult(found=self._found, signalled=self._signalled)
+        return RemoveAccountResult(found=self.state.found, signalled=self.state.signalled)
 
     @workflow.run
     async def run(self, input: RemoveAccountInput) -> RemoveAccountResult:
-        self._seen = dict.fromkeys(input.seen)
-        self._found, self._signalled = input.found, input.signalled
-        self._token = input.page_token
-        first = input.first_listing_at or workflow.now()
-        quiet_since = input.quiet_since
-        while not self._stopped:
+        state = self.state
+        if state.first_listing_at is None:
+            state.first_listing_at = workflow.now()
+        first = state.first_listing_at
+        while not state.stopped:
             try:
                 new = await self._withdraw_listed(input)
             except _ContinueAsNew:
-                if self._new_in_pass:
-                    quiet_since = None
-                workflow.continue_as_new(self._carried(input, first, quiet_since))
+                if state.new_in_pass:
+                    state.quiet_since = None
+                workflow.continue_as_new(self._carried(input))
             now = workflow.now()
             if new:
-                quiet_since = None
-            elif quiet_since is None:
-                quiet_since = now
+                state.quiet_since = None
+            elif state.quiet_since is None:
+                state.quiet_since = now
             elapsed = (now - first).total_seconds()
             if (
                 input.settle_seconds <= 0
-                or quiet_enough(quiet_since, now, input.quiet_seconds)
+                or quiet_enough(state.quiet_since, now, input.quiet_seconds)
                 or elapsed >= input.horizon_seconds
             ):
                 break
             delay = next_listing_in(elapsed, input.settle_seconds, input.quiet_seconds)
             delay = min(delay, input.horizon_seconds - elapsed)
             try:
-                await workflow.wait_condition(lambda: self._stopped, timeout=delay)
+                await workflow.wait_condition(lambda: state.stopped, timeout=delay)
             except TimeoutError:
                 pass
         workflow.logger.info(
             "account %s removed: %d running assessments found, %d told to withdraw",
-            input.account_id, self._found, self._signalled,
+            input.account_id, state.found, state.signalled,
         )  # fmt: skip
         return self.progress()
 
-    def _carried(
-        self, input: RemoveAccountInput, first: datetime, quiet_since: datetime | None
-    ) -> RemoveAccountInput:
+    def _carried(self, input: RemoveAccountInput) -> RemoveAccountInput:
+        state = self.state
         return input.model_copy(
             update={
-                "found": self._found,
-                "signalled": self._signalled,
-                "seen": tuple(self._seen)[-CARRIED_IDS:],
-                "first_listing_at": first,
-                "quiet_since": quiet_since,
-                "page_token": self._token,
+                "found": state.found,
+                "signalled": state.signalled,
+                "seen": tuple(state.seen)[-CARRIED_IDS:],
+                "first_listing_at": state.first_listing_at,
+                "quiet_since": state.quiet_since,
+                "page_token": state.page_token,
             }
         )
 
     async def _withdraw_listed(self, input: RemoveAccountInput) -> int:
-        """One pass over the listing, page by page (from ``self._token``: a pass carried
+        """One pass over the listing, page by page (from ``state.page_token``: a pass carried
         over a continue-as-new goes on); ids already seen are not signalled again.
         The number of new ids."""
-        self._new_in_pass = 0
+        state = self.state
+        state.new_in_pass = 0
         while True:
-            if self._signalled_here >= input.signals_per_run or (
-                self._signalled_here and workflow.info().is_continue_as_new_suggested()
+            if state.signalled_here >= input.signals_per_run or (
+                state.signalled_here and workflow.info().is_continue_as_new_suggested()
             ):
                 raise _ContinueAsNew
             page: AssessmentPage = await call(
                 TemporalActivity.account_assessments,
                 AccountPage(
-                    account_id=input.account_id, page_token=self._token, page_size=input.page_size
+                    account_id=input.account_id,
+                    page_token=state.page_token,
+                    page_size=input.page_size,
                 ),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=_RETRY,
             )
-            new = [w for w in dict.fromkeys(page.workflow_ids) if w not in self._seen]
-            self._seen.update(dict.fromkeys(new))
-            self._found += len(new)
-            self._new_in_pass += len(new)
+            new = [w for w in dict.fromkeys(page.workflow_ids) if w not in state.seen]
+            state.seen.update(dict.fromkeys(new))
+            state.found += len(new)
+            state.new_in_pass += len(new)
             reached = await asyncio.gather(*(self._signal(w) for w in new))
-            self._signalled += sum(reached)
-            self._signalled_here += len(new)
+            state.signalled += sum(reached)
+            state.signalled_here += len(new)
             workflow.set_current_details(
-                f"**{decisions.ACCOUNT_REMOVED_TEXT}**: {self._found} running assessments "
-                f"found, {self._signalled} told to withdraw"
+                f"**{decisions.ACCOUNT_REMOVED_TEXT}**: {state.found} running assessments "
+                f"found, {state.signalled} told to withdraw"
             )
-            self._token = page.next_page_token
-            if self._token is None or self._stopped:
-                self._token = None
-                return self._new_in_pass
+            state.page_token = page.next_page_token
+            if state.page_token is None or state.stopped:
+                state.page_token = None
+                return state.new_in_pass
 
     @staticmethod
     async def _signal(workflow_id: str) -> bool:

@@ -6,7 +6,8 @@ marker in their history, so they continue here, command for command as they
 were recorded (``tests/histories/`` replays them in ``make test``). The retry
 policies are today's (a policy is not part of a workflow's commands): a 401
 while a Lever key is rotated is retried here too.
-Changed since only to know the withdrawal reason ``account_removed``; no recorded path changed.
+Changed since only to know the withdrawal reason ``account_removed``, and to read the
+workflows' state from one dataclass (``self.state``); no command, no recorded path changed.
 
 Delete this module, and the ``patched`` branch, once no execution started
 before the patch can still run: ``expire_after`` + 7 days after the deploy,
@@ -39,6 +40,10 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.calls import LeverOps, py_call
 
+if TYPE_CHECKING:
+    from workflows.assessment import AssessmentState
+    from workflows.invitation import InvitationState
+
 _FINISHED_AT_PY = ("completed", "expired", "cancelled")
 
 
@@ -52,18 +57,7 @@ class InvitationV1:
 
     if TYPE_CHECKING:
         _input: InvitationInput
-        _final: InvitationRecord | None
-        _started_seen: bool
-        _started_tagged: bool
-        _withdrawal: Any
-        _status: Status
-        _invitation_id: str | None
-        _verdict: Any
-        _score: float | None
-        _error: str | None
-        _sent_at: Any
-        _next_check: Any
-        _early_events: list[Any]
+        state: InvitationState
 
         def _set_status(self, status: Status) -> None: ...
         def _result(self) -> InvitationResult: ...
@@ -83,7 +77,7 @@ class InvitationV1:
             ]
         )
         self._set_status(Status.RESOLVING)
-        if self._withdrawal is not None:
+        if self.state.withdrawal is not None:
             self._set_status(Status.CANCELLED)
             return self._result()
 
@@ -101,50 +95,50 @@ class InvitationV1:
                 ),
             )
         except ActivityError as exc:
-            self._error = _error_message(exc)
-            workflow.logger.warning("Py refused the invitation: %s", self._error)
+            self.state.error = _error_message(exc)
+            workflow.logger.warning("Py refused the invitation: %s", self.state.error)
             try:
                 await lever.change_tags(decisions.TagChange(add=(decisions.TAG_INVITE_FAILED,)))
             except ActivityError as tag_exc:
-                self._error += f"; cannot tag it in Lever: {_error_message(tag_exc)}"
+                self.state.error += f"; cannot tag it in Lever: {_error_message(tag_exc)}"
             self._set_status(Status.ERROR)
             return self._result()
 
-        self._invitation_id = invitation.id
-        self._sent_at = workflow.now()
-        for event in self._early_events:
+        self.state.invitation_id = invitation.id
+        self.state.sent_at = workflow.now()
+        for event in self.state.early_events:
             self.py_event(event)
-        self._early_events.clear()
+        self.state.early_events.clear()
         try:
             if invitation.status in ("completed", "expired", "cancelled"):
                 # The same idempotency key again (a re-run): Py already holds the outcome.
                 self._take(invitation)
-            elif self._withdrawal is None:
+            elif self.state.withdrawal is None:
                 await lever.change_tags(decisions.TagChange(add=(decisions.TAG_INVITED,)))
                 self._set_status(Status.INVITED)
                 if invitation.status == "started":
-                    self._started_seen = True
+                    self.state.started_seen = True
                 await self._wait_for_outcome_v1(lever, invitation.id)
             await self._finish_v1(lever)
         except ActivityError as exc:
             # Lever refused for good (candidate deleted, key revoked): end visibly, do not fail.
-            self._error = _error_message(exc)
-            workflow.logger.warning("assessment step failed: %s", self._error)
-            if self._status not in (Status.COMPLETED, Status.EXPIRED, Status.CANCELLED):
+            self.state.error = _error_message(exc)
+            workflow.logger.warning("assessment step failed: %s", self.state.error)
+            if self.state.status not in (Status.COMPLETED, Status.EXPIRED, Status.CANCELLED):
                 self._set_status(Status.ERROR)
             else:
-                self._set_status(self._status)
+                self._set_status(self.state.status)
         return self._result()
 
     async def _wait_for_outcome_v1(self, lever: LeverOps, invitation_id: str) -> None:
-        assert self._sent_at is not None
+        assert self.state.sent_at is not None
         settings = self._input.settings
         for checkpoint in decisions.checkpoints(
             settings.reminders_seconds, settings.expire_after_seconds
         ):
-            deadline = self._sent_at + timedelta(seconds=checkpoint.at_seconds)
-            self._next_check = deadline
-            self._set_status(self._status)  # refresh the details with the next check
+            deadline = self.state.sent_at + timedelta(seconds=checkpoint.at_seconds)
+            self.state.next_check = deadline
+            self._set_status(self.state.status)  # refresh the details with the next check
             while not self._settled():
                 remaining = deadline - workflow.now()
                 if remaining <= timedelta(0):
@@ -168,9 +162,9 @@ class InvitationV1:
             if self._settled():  # a callback or a withdrawal arrived while we asked
                 return
             if checkpoint.kind == "reminder":
-                if current.status == "started" or self._started_seen:
+                if current.status == "started" or self.state.started_seen:
                     # Started: tag it (its callback may have been lost); no reminder.
-                    self._started_seen = True
+                    self.state.started_seen = True
                     if self._started_pending():
                         await self._tag_started_v1(lever)
                 elif not await py_call(PyActivity.remind, invitation_id):
@@ -193,15 +187,15 @@ class InvitationV1:
             return
 
     async def _tag_started_v1(self, lever: LeverOps) -> None:
-        self._started_tagged = True
+        self.state.started_tagged = True
         await lever.change_tags(decisions.TagChange(add=(decisions.TAG_STARTED,)))
-        if self._final is None:
+        if self.state.final is None:
             self._set_status(Status.STARTED)
 
     async def _finish_v1(self, lever: LeverOps) -> None:
         """Apply the outcome exactly once."""
-        final = self._final
-        if final is None or (self._withdrawal is not None and final.status != "completed"):
+        final = self.state.final
+        if final is None or (self.state.withdrawal is not None and final.status != "completed"):
             await self._withdraw_v1(lever)
             return
         if final.status == "completed":
@@ -210,9 +204,9 @@ class InvitationV1:
             verdict = decisions.verdict_for(
                 final.score, settings.pass_threshold, settings.fail_threshold
             )
-            self._verdict, self._score = verdict, final.score
-            if self._withdrawal is not None and not decisions.withdrawal_writes_lever(
-                self._withdrawal.reason
+            self.state.verdict, self.state.score = verdict, final.score
+            if self.state.withdrawal is not None and not decisions.withdrawal_writes_lever(
+                self.state.withdrawal.reason
             ):
                 self._set_status(Status.COMPLETED)
                 return
@@ -221,7 +215,7 @@ class InvitationV1:
             await lever.add_link(final.report_url)
             self._set_status(Status.COMPLETED)
             target = decisions.move_target(verdict, settings) if alone else None
-            if target and self._withdrawal is None:
+            if target and self.state.withdrawal is None:
                 await lever.move_to_stage(target)
         elif final.status == "expired":
             alone = self._input.tests_in_assessment <= 1
@@ -240,15 +234,15 @@ class InvitationV1:
         (verdict and report for an archived candidate, no stage move; nothing
         written for a deleted one).
         """
-        assert self._withdrawal is not None
-        if self._invitation_id is not None:
-            at_py = await py_call(PyActivity.cancel, self._invitation_id)
+        assert self.state.withdrawal is not None
+        if self.state.invitation_id is not None:
+            at_py = await py_call(PyActivity.cancel, self.state.invitation_id)
             if at_py is not None and at_py.status == "completed":
                 self._take(at_py)
-            if self._final is not None and self._final.status == "completed":
+            if self.state.final is not None and self.state.final.status == "completed":
                 await self._finish_v1(lever)
                 return
-        await lever.change_tags(decisions.tags_on_withdrawal(self._withdrawal.reason))
+        await lever.change_tags(decisions.tags_on_withdrawal(self.state.withdrawal.reason))
         self._set_status(Status.CANCELLED)
 
 
@@ -257,9 +251,8 @@ class AssessmentV1:
 
     if TYPE_CHECKING:
         _input: AssessmentInput
-        _withdrawal: Any
+        state: AssessmentState
         _children: list[Any]
-        _status: Status
 
         def _set_status(self, status: Status) -> None: ...
         def _end(
@@ -287,9 +280,9 @@ class AssessmentV1:
             return self._end(Status.NOT_SENT, "the opportunity never entered this stage")
         if candidate.archived:
             return self._end(Status.NOT_SENT, "the opportunity is archived")
-        if self._withdrawal is not None:
+        if self.state.withdrawal is not None:
             return self._end(
-                Status.CANCELLED, decisions.withdrawal_reason_text(self._withdrawal.reason)
+                Status.CANCELLED, decisions.withdrawal_reason_text(self.state.withdrawal.reason)
             )
 
         settings = input.settings
@@ -306,9 +299,9 @@ class AssessmentV1:
             return await self._end_tagged_v1(
                 lever, decisions.TAG_NO_EMAIL, Status.ERROR, "the candidate has no email address"
             )
-        if self._withdrawal is not None:
+        if self.state.withdrawal is not None:
             return self._end(
-                Status.CANCELLED, decisions.withdrawal_reason_text(self._withdrawal.reason)
+                Status.CANCELLED, decisions.withdrawal_reason_text(self.state.withdrawal.reason)
             )
 
         stale = decisions.stale_tags(candidate.tags)
@@ -323,7 +316,7 @@ class AssessmentV1:
         parent_id = workflow.info().workflow_id
         started: list[ChosenTest] = []
         for test in choice.tests:
-            if self._withdrawal is not None:
+            if self.state.withdrawal is not None:
                 break  # withdrawn while starting: start no more children
             child_id = decisions.invitation_workflow_id(parent_id, test.id)
             handle = await workflow.start_child_workflow(
@@ -347,9 +340,9 @@ class AssessmentV1:
             started.append(test)
             await self._forward_withdrawal()
         if not started:
-            assert self._withdrawal is not None
+            assert self.state.withdrawal is not None
             return self._end(
-                Status.CANCELLED, decisions.withdrawal_reason_text(self._withdrawal.reason)
+                Status.CANCELLED, decisions.withdrawal_reason_text(self.state.withdrawal.reason)
             )
         self._set_status(Status.INVITED)
         outcomes = await asyncio.gather(*self._children, return_exceptions=True)
@@ -360,9 +353,9 @@ class AssessmentV1:
             for test, outcome in zip(started, outcomes, strict=True)
         ]
         reason = decisions.reason_after_withdrawn_children(
-            self._withdrawal.reason if self._withdrawal is not None else None
+            self.state.withdrawal.reason if self.state.withdrawal is not None else None
         )
-        if len(choice.tests) > 1 and self._withdrawal is None:
+        if len(choice.tests) > 1 and self.state.withdrawal is None:
             reason = await self._conclude_several_v1(lever, results)
         return self._end(decisions.overall_status(results), reason, tuple(results))
 

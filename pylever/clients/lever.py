@@ -68,6 +68,7 @@ class Opportunity(_LeverModel):
     stage: str | None = None
     archived: Archived | None = None
     stageChanges: list[StageChange] = Field(default_factory=list)
+    lastAdvancedAt: int | None = None  # epoch ms of the last stage change
 
     @field_validator("name", mode="before")
     @classmethod
@@ -207,6 +208,24 @@ class LeverClient(ApiClient):
         """Every opportunity matching ``params`` (Lever's query parameters), page by page."""
         async for item in self._pages("/opportunities", params):
             yield self._http.parse(Opportunity, item, endpoint="GET /opportunities")
+
+    async def opportunities_page(
+        self, params: Params, offset: str | None = None
+    ) -> tuple[list[Opportunity], str | None]:
+        """One page of ``GET /opportunities`` (Lever's filters in ``params``) and the ``next``
+        token to pass back as ``offset`` (None: the last page). One request: a caller that
+        pages through an activity each makes one rate-limited call."""
+        body = await self._http.request(
+            "GET",
+            "/opportunities",
+            params=dict(params),
+            verbatim_params={"offset": offset} if offset is not None else None,
+        )
+        page = self._http.parse(_Page, body, endpoint="GET /opportunities")
+        items = [
+            self._http.parse(Opportunity, item, endpoint="GET /opportunities") for item in page.data
+        ]
+        return items, page.next if page.hasNext and page.next else None
 
     async def add_tags(self, opportunity_id: str, tags: Sequence[str]) -> Opportunity:
         return await self._opportunity("POST", opportunity_id, "/addTags", {"tags": list(tags)})

@@ -17,9 +17,10 @@ import re
 import sys
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -35,6 +36,8 @@ from pydantic import (
 DEFAULT_LEVER_API_URL = "https://api.lever.co/v1"
 DEFAULT_REMINDERS = ("2d", "5d")
 DEFAULT_EXPIRE_AFTER = "7d"
+DEFAULT_SWEEP_EVERY = "15m"
+DEFAULT_SWEEP_LOOKBACK = "3d"
 
 _DURATION = re.compile(r"([0-9]+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -146,6 +149,29 @@ class Timing(_Model):
         return self
 
 
+def _sweep_every(value: Any) -> Any:
+    if value == "off":
+        return value
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f'{exc}, or "off"') from None
+
+
+# A duration, or "off" (no sweep for the account).
+SweepEvery = Annotated[timedelta | Literal["off"], BeforeValidator(_sweep_every)]
+DEFAULT_SWEEP = parse_duration(DEFAULT_SWEEP_EVERY)
+DEFAULT_LOOKBACK = parse_duration(DEFAULT_SWEEP_LOOKBACK)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """An account's sweep (section 8): every ``every`` (None: off), entries within ``lookback``."""
+
+    every: timedelta | None
+    lookback: timedelta
+
+
 class ServiceSettings(_Model):
     public_url: str
 
@@ -163,6 +189,8 @@ class PySettings(_Model):
 class Defaults(_Model):
     reminders: tuple[Duration, ...] | None = None
     expire_after: Duration | None = None
+    sweep_every: SweepEvery | None = None
+    sweep_lookback: Duration | None = None
 
 
 class Trigger(_Model):
@@ -198,6 +226,8 @@ class Account(_Model):
     reminders: tuple[Duration, ...] | None = None
     expire_after: Duration | None = None
     lever_requests_per_second: float = Field(default=9.0, gt=0, le=10)
+    sweep_every: SweepEvery | None = None
+    sweep_lookback: Duration | None = None
     triggers: tuple[Trigger, ...] = Field(min_length=1)
 
     _url = field_validator("lever_api_url")(classmethod(lambda cls, v: _check_url(v)))
@@ -276,6 +306,12 @@ class AppConfig(_Model):
                 return account
         return None
 
+    def sweep(self, account: Account) -> Sweep:
+        """The account's reconciliation sweep: the account's settings, else ``[defaults]``."""
+        every = _first(account.sweep_every, self.defaults.sweep_every, DEFAULT_SWEEP)
+        lookback = _first(account.sweep_lookback, self.defaults.sweep_lookback, DEFAULT_LOOKBACK)
+        return Sweep(every=None if every == "off" else every, lookback=lookback)
+
     def timing(self, account: Account, trigger: Trigger) -> Timing:
         def pick(field: str) -> Any:
             for source in (trigger, account, self.defaults):
@@ -286,6 +322,10 @@ class AppConfig(_Model):
 
         values = {k: v for k in ("reminders", "expire_after") if (v := pick(k)) is not None}
         return Timing(**values)
+
+
+def _first(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
 
 
 def _location(loc: tuple[Any, ...], data: Mapping[str, Any]) -> str:

@@ -33,6 +33,15 @@ from pylever.contracts.records import (
     StageMove,
     TagWrite,
 )
+from pylever.contracts.sweep import (
+    ListWaiting,
+    StartedPage,
+    StartWaiting,
+    SweepPlan,
+    SweepPlanRequest,
+    SweepReport,
+    WaitingPage,
+)
 
 ArgT = TypeVar("ArgT")
 ResultT = TypeVar("ResultT")
@@ -62,6 +71,7 @@ class LeverActivity:
     remove_tags: Final = Activity[TagWrite, None]("lever.remove_tags", None)
     add_links: Final = Activity[LinkWrite, None]("lever.add_links", None)
     move_to_stage: Final = Activity[StageMove, str]("lever.move_to_stage", str)
+    list_waiting: Final = Activity[ListWaiting, WaitingPage]("lever.list_waiting", WaitingPage)
 
 
 class PyActivity:
@@ -95,3 +105,13 @@ class TemporalActivity:
     delete_candidate_executions: Final = Activity[CandidateRef, int](
         "temporal.delete_candidate_executions", int
     )
+
+
+class SweepActivity:
+    """The sweep's and the backfill's own steps (``activities/sweep.py``)."""
+
+    # On the shared Lever queue (it may ask Lever for the stage list).
+    plan: Final = Activity[SweepPlanRequest, SweepPlan]("sweep.plan", SweepPlan)
+    # On the main queue: Temporal calls only.
+    start_waiting: Final = Activity[StartWaiting, StartedPage]("sweep.start_waiting", StartedPage)
+    report: Final = Activity[SweepReport, None]("sweep.report", None)

@@ -1,3 +1,3 @@
 """The HTTP edge: the app (``app``), its handlers (``service``), what it accepts
-(``inbound``, ``signatures``, ``deliveries``, ``triggers``), its limits (``http_limits``,
+(``inbound``, ``signatures``, ``deliveries``), its limits (``http_limits``,
 ``http_server``, ``throttle``) and the codec endpoints for the Web UI (``codec_server``)."""

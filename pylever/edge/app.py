@@ -24,6 +24,7 @@ from temporalio.client import Client
 from temporalio.service import RetryConfig
 
 from pylever.clients.lever import LeverClient
+from pylever.clients.triggers import TriggerMatcher
 from pylever.config.environment import Settings
 from pylever.config.file import AppConfig, load_config_or_exit
 from pylever.config.reload import ConfigReloader
@@ -38,7 +39,6 @@ from pylever.edge.inbound import (
 )
 from pylever.edge.service import LEVER_GRACE, Service
 from pylever.edge.throttle import AdminThrottle
-from pylever.edge.triggers import TriggerMatcher
 from pylever.ops.logs import configure_logging, log_event
 from pylever.temporal.codec import codec_from_env, data_converter
 from pylever.temporal.gateway import Gateway, TemporalUnavailable

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pylever.clients.lever import LeverClient
+from pylever.clients.triggers import TriggerMatcher, trigger_settings
 from pylever.config.environment import Settings
 from pylever.config.file import Account, AppConfig
 from pylever.config.reload import AccountChanges
@@ -35,7 +36,6 @@ from pylever.edge.inbound import (
 )
 from pylever.edge.signatures import PySignatureError, verify_lever_webhook, verify_py_signature
 from pylever.edge.throttle import AdminThrottle, client_address
-from pylever.edge.triggers import TriggerMatcher, trigger_settings
 from pylever.ops import metrics
 from pylever.ops.logs import log_event
 from pylever.temporal.gateway import Gateway

@@ -64,6 +64,17 @@ LEVER_KEY_REFUSED = Gauge(
     ["account"],
 )
 
+SWEEP_RUNS = Counter(
+    "pylever_sweep_runs",
+    "Sweeps and backfills that finished (worker), by account and mode (sweep, backfill, dry_run).",
+    ["account", "mode"],
+)
+SWEEP_STARTED = Counter(
+    "pylever_sweep_started",
+    "Assessments a sweep or backfill started (worker): candidates in a trigger stage whose "
+    "webhook never came (mode=sweep), or backfilled (mode=backfill).",
+    ["account", "mode"],
+)
 CONFIG_RELOADS = Counter(
     "pylever_config_reloads",
     "Configuration reloads (SIGHUP) by process (api, worker) and result: ok, or failed (the "

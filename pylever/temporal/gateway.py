@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from temporalio.api.common.v1 import WorkflowExecution
@@ -19,6 +19,7 @@ from temporalio.api.workflow.v1 import PendingActivityInfo
 from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryReverseRequest
 from temporalio.client import (
     Client,
+    WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowHandle,
 )
@@ -69,6 +70,11 @@ _NOT_NOW = {
 }
 
 
+# How far Lever's clock may be ahead of ours when a sweep compares a candidate's entry into
+# a stage (Lever's lastAdvancedAt) with when an assessment started (Temporal's clock).
+ENTRY_CLOCK_MARGIN = timedelta(seconds=60)
+
+
 class TemporalUnavailable(Exception):
     """Temporal did not answer; the caller should be told to retry later."""
 
@@ -88,6 +94,16 @@ def _unavailable(exc: BaseException) -> bool:
         return exc.status in _NOT_NOW
     # A lazy client that cannot connect raises RuntimeError from the core bridge.
     return isinstance(exc, RuntimeError | ConnectionError | TimeoutError)
+
+
+def _covers(previous: WorkflowExecutionDescription, entered_at: datetime | None) -> bool:
+    """Whether a closed assessment run stands for the candidate's current stay in the stage:
+    it ended with a result (not re-run, as for a webhook), or (sweep, backfill: the entry
+    time is known) it started after the candidate entered the stage."""
+    status = previous.typed_search_attributes.get(sa.PY_STATUS)
+    if previous.status == WorkflowExecutionStatus.COMPLETED and status not in RERUNNABLE:
+        return True
+    return entered_at is not None and previous.start_time >= entered_at - ENTRY_CLOCK_MARGIN
 
 
 def account_priority(account_id: str) -> Priority:
@@ -113,7 +129,9 @@ class Gateway:
 
     # --- assessments ----------------------------------------------------------
 
-    async def start_assessment(self, input: AssessmentInput) -> Started:
+    async def start_assessment(
+        self, input: AssessmentInput, *, entered_at: datetime | None = None
+    ) -> Started:
         """Start once per (account, opportunity, stage).
 
         Running: reused. Closed with a result (``completed``, ``expired``): not
@@ -126,6 +144,13 @@ class Gateway:
         (``decisions.idempotency_key``): a real re-entry gets a new invitation,
         while a re-delivered old webhook gets the cancelled invitation back from
         Py and ends ``cancelled`` again, sending nothing.
+
+        ``entered_at`` (the sweep and the backfill: Lever's ``lastAdvancedAt``): no webhook
+        tells of an entry, so a closed run that started after the candidate entered the
+        stage (less ``ENTRY_CLOCK_MARGIN``, for Lever's clock against ours) has seen this
+        entry and is left alone whatever it ended with (``not_sent`` included): a sweep
+        never reruns what a run already decided. A closed run from before the entry is
+        treated as a webhook would treat it.
         """
         workflow_id = decisions.assessment_workflow_id(
             input.account_id, input.opportunity_id, input.stage_id
@@ -140,8 +165,7 @@ class Gateway:
             previous = await self.client.get_workflow_handle(workflow_id).describe(
                 rpc_timeout=RPC_TIMEOUT
             )
-            status = previous.typed_search_attributes.get(sa.PY_STATUS)
-            if previous.status == WorkflowExecutionStatus.COMPLETED and status not in RERUNNABLE:
+            if _covers(previous, entered_at):
                 return Started("already_done", workflow_id)
             # A re-run adopts what the earlier run left open at Py (models.AssessmentInput).
             rerun = input.model_copy(update={"rerun": True})
@@ -150,6 +174,26 @@ class Gateway:
             return Started("already_running", workflow_id)
         except Exception as exc:
             raise self._translate(exc) from None
+
+    async def would_start(self, input: AssessmentInput, *, entered_at: datetime) -> bool:
+        """Whether ``start_assessment(input, entered_at=...)`` would start a run now (the
+        backfill's dry run asks; nothing is started)."""
+        workflow_id = decisions.assessment_workflow_id(
+            input.account_id, input.opportunity_id, input.stage_id
+        )
+        try:
+            previous = await self.client.get_workflow_handle(workflow_id).describe(
+                rpc_timeout=RPC_TIMEOUT
+            )
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return True
+            raise self._translate(exc) from None
+        except Exception as exc:
+            raise self._translate(exc) from None
+        if previous.status == WorkflowExecutionStatus.RUNNING:
+            return False
+        return not _covers(previous, entered_at)
 
     async def _start(
         self, input: AssessmentInput, workflow_id: str, reuse: WorkflowIDReusePolicy

@@ -26,6 +26,7 @@ from pylever.ops.logs import log_event
 from pylever.temporal.gateway import Gateway
 from pylever.temporal.legacy_queues import LegacyQueueDrain
 from pylever.temporal.lever_limits import apply_lever_limits, lever_limits
+from pylever.temporal.schedules import apply_sweep_schedules, unconfigured_schedules
 from pylever.temporal.unconfigured import warn_about_unconfigured
 from pylever.temporal.workers import Workers, lever_worker, py_client_for
 from workflows.decisions import lever_task_queue
@@ -74,6 +75,11 @@ class WorkerProcess:
             self._leaving.pop(account_id, None)  # back before its grace ran out
         self.levers.update(self._lever_accounts(new))
         self.workers.lever.watch(changes.added)
+        self.workers.sweep.use(new)
+        await _log_failure(
+            apply_sweep_schedules(self.client, self.settings.task_queue, new, changes.removed),
+            "writing the sweep schedules",
+        )
         if new.py != old.py or new.callback_url != old.callback_url:
             retired = self.workers.py.use(py_client_for(new), new.callback_url)
             self._later(PY_CLIENT_GRACE, retired.aclose)
@@ -101,6 +107,12 @@ class WorkerProcess:
             "looking for assessments of unconfigured accounts",
         )
         await log_check_problems(config, log)
+
+    async def _schedules(self, config: AppConfig) -> None:
+        """Every configured account's sweep schedule; those of accounts gone meanwhile dropped."""
+        queue = self.settings.task_queue
+        gone = await unconfigured_schedules(self.client, queue, config)
+        await apply_sweep_schedules(self.client, queue, config, gone)
 
     async def _cancel_deferred(self) -> None:
         for task in list(self._deferred):
@@ -183,10 +195,13 @@ class WorkerProcess:
             # Config vs. Lever and Py (as `cli.py check`), and assessments of accounts the
             # file no longer names: problems are warnings, not fatal.
             checks = asyncio.create_task(self._startup_checks(config))
+            schedules = asyncio.create_task(
+                _log_failure(self._schedules(config), "writing the sweep schedules")
+            )
             await stop.wait()
-            for task in (checks, draining):
+            for task in (checks, draining, schedules):
                 task.cancel()
-            await asyncio.gather(checks, draining, return_exceptions=True)
+            await asyncio.gather(checks, draining, schedules, return_exceptions=True)
             log_event(log, "worker stopping")
 
 
@@ -197,7 +212,7 @@ def file_mtime(path: str) -> float | None:
         return None
 
 
-async def _log_failure(work: Awaitable[None], what: str) -> None:
+async def _log_failure(work: Awaitable[object], what: str) -> None:
     try:
         await work
     except asyncio.CancelledError:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from temporalio.worker import Worker
 
 from activities.lever import LeverActivities, LeverClients
 from activities.py import PyActivities
+from activities.sweep import SweepActivities
 from activities.temporal_ops import TemporalActivities
 from pylever.clients.lever_accounts import LeverAccounts, activity_client
 from pylever.clients.py import PyClient
@@ -31,11 +32,13 @@ from pylever.config.file import AppConfig
 from pylever.contracts import search_attributes as sa
 from pylever.ops.logs import log_event
 from pylever.ops.worker_metrics import serve_worker_metrics
+from pylever.temporal.gateway import Gateway
 from workflows.assessment import AssessmentWorkflow
 from workflows.decisions import lever_task_queue
 from workflows.invitation import InvitationWorkflow
 from workflows.queue_migration import LeverQueueMigrationWorkflow
 from workflows.remove_account import RemoveAccountWorkflow
+from workflows.sweep import SweepWorkflow
 from workflows.withdraw import WithdrawCandidateWorkflow
 
 log = logging.getLogger("pylever.worker")
@@ -45,6 +48,7 @@ WORKFLOWS = [
     InvitationWorkflow,
     WithdrawCandidateWorkflow,
     RemoveAccountWorkflow,
+    SweepWorkflow,
 ]
 GRACEFUL_SHUTDOWN = timedelta(seconds=45)
 
@@ -91,7 +95,11 @@ def py_client_for(config: AppConfig) -> PyClient:
 
 
 def lever_worker(
-    client: Client, task_queue: str, activities: LeverActivities, **options: Any
+    client: Client,
+    task_queue: str,
+    activities: LeverActivities,
+    extra_activities: Sequence[Callable[..., Any]] = (),
+    **options: Any,
 ) -> Worker:
     return Worker(
         client,
@@ -103,6 +111,8 @@ def lever_worker(
             activities.remove_tags,
             activities.add_links,
             activities.move_to_stage,
+            activities.list_waiting,
+            *extra_activities,
         ],
         **options,
     )
@@ -129,6 +139,7 @@ class Workers:
         self.lever = LeverActivities(levers, on_unknown=on_unknown_account, removed=removed_account)
         self.py = PyActivities(py, config.callback_url)
         temporal = TemporalActivities(client)
+        self.sweep = SweepActivities(config, levers, Gateway(client, task_queue))
         self.options: dict[str, Any] = {"graceful_shutdown_timeout": GRACEFUL_SHUTDOWN,
                                         **worker_options}  # fmt: skip
         self.workers = [
@@ -148,10 +159,14 @@ class Workers:
                     temporal.wait_closed,
                     temporal.delete_executions,
                     temporal.delete_candidate_executions,
+                    self.sweep.start_waiting,
+                    self.sweep.report,
                 ],
                 **self.options,
             ),
-            lever_worker(client, lever_task_queue(task_queue), self.lever, **self.options),
+            lever_worker(
+                client, lever_task_queue(task_queue), self.lever, [self.sweep.plan], **self.options
+            ),
         ]
 
 

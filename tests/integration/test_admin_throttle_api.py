@@ -11,7 +11,8 @@ import httpx
 
 from pylever.config.environment import Settings
 from pylever.edge.app import create_app
-from tests.support.integration_stack import free_port, stack_config
+from sandbox.devserver import free_port
+from tests.support.integration_stack import stack_config
 from tests.unit.test_admin_throttle import (
     ADMIN_TOKEN,
     PAYLOAD_KEY,

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from pylever.temporal.codec import ENCODING
+from sandbox.devserver import TEMPORAL_BIN
 from sandbox.py import PyError
 from tests.support.integration_stack import ADMIN_TOKEN, Stack
-from tests.support.temporal_harness import TEMPORAL_BIN
 from workflows.decisions import TAG_INVITE_FAILED, TAG_PASS, invitation_workflow_id
 
 ENCRYPTED = base64.b64encode(ENCODING).decode()

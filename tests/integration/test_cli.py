@@ -20,9 +20,10 @@ import httpx
 import pytest
 
 from cli import render_status, waiting_text
+from sandbox.devserver import free_port
 from sandbox.lever import LeverSandbox
 from sandbox.py import PySandbox
-from tests.support.integration_stack import ADMIN_TOKEN, SECRETS, Servers, Stack, free_port
+from tests.support.integration_stack import ADMIN_TOKEN, SECRETS, Servers, Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 

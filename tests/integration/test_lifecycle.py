@@ -6,7 +6,7 @@ versus a racing result, ``invitation.started`` / ``invitation.expired``
 callbacks, archive and delete in Lever, and re-entry after an archive.
 
 The whole stack (tests/support/integration_stack.py) runs on a dev server with
-per-workflow time skipping (``tests.support.temporal_harness.start_time_skipping``).
+per-workflow time skipping (``sandbox.devserver.start_time_skipping``).
 How time is driven here:
 
 - The API gets a client that does **not** stamp a time-skipping config
@@ -51,10 +51,15 @@ from temporalio.testing import WorkflowEnvironment
 
 from pylever.contracts import search_attributes as sa
 from pylever.contracts.records import AssessmentResult, Status
+from sandbox.devserver import (
+    FAST_DELETE_ARGS,
+    free_port,
+    start_time_skipping,
+    wait_for_visibility,
+)
 from sandbox.lever import PY_ASSESSMENT_STAGE_ID
 from tests.support.integration_stack import ADMIN_TOKEN, Stack, running_stack
 from tests.support.pipeline_support import PY_TESTS, assessment_id, lever_control_url
-from tests.support.temporal_harness import free_port, start_time_skipping, wait_for_visibility
 from workflows.decisions import (
     TAG_EXPIRED,
     TAG_FAIL,
@@ -167,22 +172,6 @@ class Lifecycle:
     @property
     def env(self) -> WorkflowEnvironment:
         return self.stack.env
-
-
-# Deleting a *closed* execution waits until the server's task queues have acknowledged
-# its close tasks, which they record every 30 s by default: a deletion took about 34 s
-# on the dev server (production behaves the same; the deletion is accepted and happens
-# later). With these values it takes about 4 s.
-FAST_DELETE_ARGS: tuple[str, ...] = tuple(
-    arg
-    for key, value in (
-        ("history.transferProcessorUpdateAckInterval", '"200ms"'),
-        ("history.visibilityProcessorUpdateAckInterval", '"200ms"'),
-        ("history.transferProcessorUpdateAckIntervalJitterCoefficient", "0"),
-        ("history.visibilityProcessorUpdateAckIntervalJitterCoefficient", "0"),
-    )
-    for arg in ("--dynamic-config-value", f"{key}={value}")
-)
 
 
 async def start_lifecycle_env(**kwargs: Any) -> WorkflowEnvironment:

@@ -22,7 +22,8 @@ from prometheus_client import REGISTRY
 from pylever.config.environment import Settings
 from pylever.edge.app import create_app
 from pylever.ops.metrics import ASSESSMENT_STATUSES, AssessmentGauge
-from tests.support.integration_stack import free_port, stack_config
+from sandbox.devserver import free_port
+from tests.support.integration_stack import stack_config
 
 ADMIN_TOKEN = "metrics-admin-token-4f1d7a"
 

@@ -30,6 +30,7 @@ from pylever.contracts import search_attributes as sa
 from pylever.ops.logs import JsonFormatter
 from pylever.ops.metrics import ASSESSMENT_STATUSES
 from pylever.ops.worker_metrics import start_metrics_server
+from sandbox.devserver import wait_for_visibility
 from tests.support.integration_stack import (
     ADMIN_TOKEN,
     PAYLOAD_KEY,
@@ -38,7 +39,6 @@ from tests.support.integration_stack import (
     Stack,
     free_port,
 )
-from tests.support.temporal_harness import wait_for_visibility
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST = "Python Basics"

@@ -30,9 +30,9 @@ from pylever.config.file import AppConfig, load_config
 from pylever.config.reload import AccountChanges, ConfigReloader
 from pylever.edge.app import create_app
 from sandbox.lever import TECHNICAL_SCREEN_STAGE_ID
+from sandbox.toml_writer import to_toml
 from tests.support.integration_stack import ADMIN_TOKEN, PAYLOAD_KEY, SECRETS, Stack
 from tests.support.pipeline_support import assert_error, signed
-from tests.support.toml_writer import to_toml
 
 # --- writing configuration files ------------------------------------------------------------
 

@@ -25,8 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from pylever.contracts.records import TagWrite
     from pylever.temporal.legacy_queues import LegacyQueueDrain, cutover
     from pylever.temporal.lever_limits import apply_lever_limits
-    from tests.support.process_stack import FAIRNESS_ARGS, partition_args
-    from tests.support.temporal_harness import start_dev_server
+    from sandbox.devserver import FAIRNESS_ARGS, partition_args, start_dev_server
     from tests.workflows.test_tenancy import account, new_queue
     from workflows.decisions import legacy_lever_task_queue, lever_task_queue
 

@@ -20,9 +20,10 @@ from pylever.config.environment import Settings
 from pylever.edge.app import create_app
 from pylever.edge.deliveries import DeliveryLedger
 from pylever.edge.inbound import MAX_BODY_BYTES
+from sandbox.devserver import SEARCH_ATTRIBUTES, free_port, start_dev_server
 from sandbox.lever import PY_ASSESSMENT_STAGE_ID, TECHNICAL_SCREEN_STAGE_ID
 from sandbox.py import build_callback
-from tests.support.integration_stack import ADMIN_TOKEN, PAYLOAD_KEY, SECRETS, Stack, free_port
+from tests.support.integration_stack import ADMIN_TOKEN, PAYLOAD_KEY, SECRETS, Stack
 from tests.support.pipeline_support import (
     assert_error,
     assert_no_workflow,
@@ -35,7 +36,6 @@ from tests.support.pipeline_support import (
     webhook_url,
     webhooks_off,
 )
-from tests.support.temporal_harness import SEARCH_ATTRIBUTES, start_dev_server
 from workflows.decisions import TAG_INVITED
 
 ACME_TOKEN = SECRETS["acme_token"]

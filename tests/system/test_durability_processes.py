@@ -21,8 +21,8 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from pylever.contracts import search_attributes as sa
-from tests.support.process_stack import ACCOUNT, PY_ASSESSMENT_STAGE_ID, TRIGGER_STAGE, ProcessStack
-from tests.support.temporal_harness import find_temporal_bin
+from sandbox.devserver import find_temporal_bin
+from sandbox.process_stack import ACCOUNT, PY_ASSESSMENT_STAGE_ID, TRIGGER_STAGE, ProcessStack
 from tests.system.test_faults import SCORES, VERDICT_TAGS, expected_tag, move_all, new_candidates
 from workflows.decisions import TAG_INVITED, TAG_PASS, TAG_STARTED, assessment_workflow_id
 

@@ -1,4 +1,4 @@
-"""Faults against the deployment as real processes (tests/support/process_stack.py).
+"""Faults against the deployment as real processes (sandbox/process_stack.py).
 
 Lever and Py failing often, a worker SIGKILLed mid-flight, Temporal stopped while
 webhooks and callbacks arrive, callbacks arriving while no worker runs: every
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from pylever.contracts.records import AssessmentResult
-from tests.support.process_stack import ACCOUNT, PY_ASSESSMENT_STAGE_ID, ProcessStack
+from sandbox.process_stack import ACCOUNT, PY_ASSESSMENT_STAGE_ID, ProcessStack
 from workflows.decisions import (
     TAG_FAIL,
     TAG_INVITED,

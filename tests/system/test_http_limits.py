@@ -27,7 +27,7 @@ import pytest
 from pylever.edge.http_limits import seconds_from_env
 from pylever.edge.http_server import UVICORN_HTTP
 from pylever.edge.signatures import py_signature_header
-from tests.support.temporal_harness import free_port
+from sandbox.devserver import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 1.0  # both the header and the body timeout, in seconds

@@ -1,4 +1,4 @@
-"""Lever's rate limit under load, across several worker processes (tests/support/process_stack.py).
+"""Lever's rate limit under load, across several worker processes (sandbox/process_stack.py).
 
 300 candidates of one account move into a trigger stage at once; two worker
 processes share the account's Lever task queue, which the Temporal server limits
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.process_stack import ProcessStack
+from sandbox.process_stack import ProcessStack
 from workflows.decisions import TAG_INVITED
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.temporal_harness import free_port
+from sandbox.devserver import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

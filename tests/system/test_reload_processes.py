@@ -37,17 +37,17 @@ import pytest
 
 from pylever.contracts.records import AssessmentResult, RemoveAccountResult, Status
 from pylever.edge.signatures import sign_lever_webhook
-from tests.support.process_stack import (
+from sandbox.devserver import free_port
+from sandbox.launcher import ManagedProcess
+from sandbox.process_stack import (
     ACCOUNT,
     ADMIN_TOKEN,
     PY_ASSESSMENT_STAGE_ID,
     SECRETS,
     TRIGGER_STAGE,
-    ManagedProcess,
     ProcessStack,
 )
-from tests.support.temporal_harness import free_port
-from tests.support.toml_writer import toml_value
+from sandbox.toml_writer import toml_table as _table
 from workflows.decisions import (
     TAG_INVITED,
     TAG_NEEDS_REVIEW,
@@ -66,10 +66,6 @@ PYTHON_BASICS, SQL, ALGORITHMS = "tst_python_basics", "tst_sql", "tst_algorithms
 
 
 # --- the config file ---------------------------------------------------------------------
-
-
-def _table(header: str, values: Mapping[str, Any]) -> list[str]:
-    return [header, *(f"{k} = {toml_value(v)}" for k, v in values.items() if v is not None), ""]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The Lever and Py sandboxes as processes (``python -m sandbox.lever``, ``python -m
-sandbox.py``), as ``make run`` and tests/support/process_stack.py start them. Their APIs
+sandbox.py``), as ``make run`` and sandbox/process_stack.py start them. Their APIs
 are tested in-process in tests/unit/test_sandbox_lever.py and tests/unit/test_sandbox_py.py.
 """
 

@@ -28,7 +28,7 @@ from pylever.config.file import (
     parse_duration,
     resolve_secret,
 )
-from tests.support.toml_writer import to_toml
+from sandbox.toml_writer import to_toml
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SPEC_EXAMPLE = FIXTURES / "spec_example.toml"
@@ -800,3 +800,24 @@ def test_load_config_from_env_missing_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config_from_env({"PYLEVER_CONFIG": str(missing)})
     assert str(missing) in str(info.value)
+
+
+def test_sweep_settings_parse_with_off_and_defaults() -> None:
+    base = {
+        "service": {"public_url": "https://lever.py.example"},
+        "py": {"api_url": "https://py.example", "api_key": "k", "callback_secret": "s"},
+        "defaults": {"sweep_every": "1h", "sweep_lookback": "2d"},
+        "accounts": [
+            {"id": "a", "lever_api_key": "k", "webhook_signature_tokens": ["t"],
+             "triggers": [{"stage": "S"}]},
+            {"id": "b", "lever_api_key": "k", "webhook_signature_tokens": ["t"],
+             "triggers": [{"stage": "S"}], "sweep_every": "off", "sweep_lookback": "1s"},
+        ],
+    }  # fmt: skip
+    config = parse_config(base)
+    a, b = (config.sweep(account) for account in config.accounts)
+    assert (a.every, a.lookback) == (timedelta(hours=1), timedelta(days=2))
+    assert (b.every, b.lookback) == (None, timedelta(seconds=1))
+    del base["defaults"]
+    plain = parse_config(base).sweep(parse_config(base).accounts[0])
+    assert (plain.every, plain.lookback) == (timedelta(minutes=15), timedelta(days=3))

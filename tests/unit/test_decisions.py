@@ -6,7 +6,15 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from pylever.contracts.records import ChosenTest, InvitationResult, Status, TriggerSettings, Verdict
+from pylever.contracts.records import (
+    ChosenTest,
+    InvitationRecord,
+    InvitationResult,
+    Status,
+    TriggerSettings,
+    Verdict,
+    Withdrawal,
+)
 from workflows import decisions
 from workflows.decisions import (
     IN_PROGRESS_TAGS,
@@ -441,3 +449,75 @@ def test_combined_move_target() -> None:
     assert move([Verdict.PASS, Verdict.NEEDS_REVIEW], settings) is None
     assert move([Verdict.PASS, None], settings) is None  # one expired: a recruiter decides
     assert move([], settings) is None
+
+
+# --- the outcome of one invitation ---------------------------------------------------
+
+Halt = decisions.Halt
+Outcome = decisions.Outcome
+invitation_outcome = decisions.invitation_outcome
+
+
+def _record(status: str) -> InvitationRecord:
+    return InvitationRecord(id="inv_1", status=status)
+
+
+ARCHIVED, DELETED = Withdrawal(reason="archived"), Withdrawal(reason="deleted")
+REMOVED = Withdrawal(reason="account_removed")
+
+
+@pytest.mark.parametrize(
+    ("final", "withdrawal", "halt", "expected"),
+    [
+        # A completed result is written whatever else happened (how: see InvitationWorkflow).
+        ("completed", None, None, Outcome.RESULT),
+        ("completed", ARCHIVED, None, Outcome.RESULT),
+        ("completed", DELETED, None, Outcome.RESULT),
+        ("completed", None, Halt.LEVER_GONE, Outcome.RESULT),
+        ("completed", None, Halt.PY_CONTRACT, Outcome.RESULT),
+        ("completed", REMOVED, Halt.PY_CONTRACT, Outcome.RESULT),
+        # Py broke its contract and no result: an error, even when withdrawn meanwhile.
+        (None, None, Halt.PY_CONTRACT, Outcome.BROKEN_CONTRACT),
+        ("expired", None, Halt.PY_CONTRACT, Outcome.BROKEN_CONTRACT),
+        ("cancelled", ARCHIVED, Halt.PY_CONTRACT, Outcome.BROKEN_CONTRACT),
+        # Withdrawn, or the candidate gone, without a result: stopped (cancelled at Py).
+        (None, ARCHIVED, None, Outcome.STOPPED),
+        (None, DELETED, None, Outcome.STOPPED),
+        (None, REMOVED, None, Outcome.STOPPED),
+        (None, None, Halt.LEVER_GONE, Outcome.STOPPED),
+        (None, None, Halt.LEVER_UNREACHABLE, Outcome.STOPPED),
+        ("expired", ARCHIVED, None, Outcome.STOPPED),
+        ("cancelled", DELETED, None, Outcome.STOPPED),
+        ("expired", None, Halt.LEVER_GONE, Outcome.STOPPED),
+        (None, None, None, Outcome.STOPPED),  # nothing known: never left live at Py
+        # Py's own end, nothing else.
+        ("expired", None, None, Outcome.EXPIRED),
+        ("cancelled", None, None, Outcome.CANCELLED_AT_PY),
+    ],
+)
+def test_invitation_outcome(final, withdrawal, halt, expected):
+    record = None if final is None else _record(final)
+    assert invitation_outcome(record, withdrawal, halt) is expected
+
+
+@given(
+    final=st.one_of(
+        st.none(), st.sampled_from(["invited", "started", "completed", "expired", "cancelled"])
+    ),
+    withdrawal=st.sampled_from([None, ARCHIVED, DELETED, REMOVED]),
+    halt=st.one_of(st.none(), st.sampled_from(list(Halt))),
+)
+def test_invitation_outcome_is_the_workflows_branching(final, withdrawal, halt):
+    """The branches ``InvitationWorkflow`` took before the choice was a function of its own."""
+    record = None if final is None else _record(final)
+    if halt is Halt.PY_CONTRACT and (record is None or record.status != "completed"):
+        expected = Outcome.BROKEN_CONTRACT
+    elif record is not None and record.status == "completed":
+        expected = Outcome.RESULT
+    elif withdrawal is not None or halt is not None or record is None:
+        expected = Outcome.STOPPED
+    elif record.status == "expired":
+        expected = Outcome.EXPIRED
+    else:
+        expected = Outcome.CANCELLED_AT_PY
+    assert invitation_outcome(record, withdrawal, halt) is expected

@@ -23,8 +23,8 @@ from activities.lever import LeverActivities
 from pylever.clients.lever import LeverClient
 from pylever.contracts.records import LinkWrite, ReadCandidate, StageMove, TagWrite
 from pylever.ops.worker_metrics import start_metrics_server
+from sandbox.devserver import free_port
 from sandbox.lever import LeverSandbox
-from tests.support.integration_stack import free_port
 
 LEVER_KEY = "lever-activities-key-5c1e"
 OTHER_KEY = "lever-activities-other-key-77a0"

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pylever.edge.signatures import sign_lever_webhook, verify_lever_webhook
+from sandbox.devserver import free_port
 from sandbox.lever import (
     DEFAULT_STAGES,
     PY_ASSESSMENT_STAGE_ID,
@@ -130,12 +131,6 @@ async def serve_app(app: Any) -> AsyncIterator[str]:
         server.should_exit = True
         await task
         sock.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -293,6 +288,69 @@ async def test_opportunities_paginate_with_opaque_next(client: httpx.AsyncClient
     by_id = {o["id"]: o for o in created}
     keys = [(by_id[i]["createdAt"], i) for i in ids]
     assert keys == sorted(keys, reverse=True)  # newest first
+
+
+async def _all_ids(client: httpx.AsyncClient, params: list[tuple[str, str]]) -> list[str]:
+    ids: list[str] = []
+    offset: str | None = None
+    while True:
+        query = [*params, ("limit", "2"), *([("offset", offset)] if offset else [])]
+        response = await client.get("/v1/opportunities", params=query)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        ids += [o["id"] for o in body["data"]]
+        if not body["hasNext"]:
+            return ids
+        offset = body["next"]
+
+
+async def test_list_filters_stage_tag_archived_and_advanced_at(
+    lever: LeverSandbox, client: httpx.AsyncClient
+) -> None:
+    day = 86_400_000
+    now = 1_800_000_000_000
+    waiting = await create(client, id="waiting", stage="Py Assessment", advanced_at=now - day)
+    old = await create(client, id="old", stage="Py Assessment", advanced_at=now - 10 * day)
+    tagged = await create(
+        client, id="tagged", stage="Py Assessment", tags=["Py - Resend"], advanced_at=now
+    )
+    await create(client, id="elsewhere", stage="lead-new", tags=["py - resend"])
+    archived = await create(client, id="gone", stage="Py Assessment", advanced_at=now)
+    lever.opportunities["gone"]["archived"] = {"reason": "r", "archivedAt": now}
+    assert waiting["lastAdvancedAt"] == now - day
+    assert waiting["stageChanges"][-1]["updatedAt"] == now - day
+
+    in_stage = [("stage_id", PY_ASSESSMENT_STAGE_ID)]
+    assert sorted(await _all_ids(client, in_stage)) == ["gone", "old", "tagged", "waiting"]
+    active = [*in_stage, ("archived", "false")]
+    assert sorted(await _all_ids(client, active)) == ["old", "tagged", "waiting"]
+    assert await _all_ids(client, [*in_stage, ("archived", "true")]) == [archived["id"]]
+    recent = [*active, ("advanced_at_start", str(now - 3 * day))]
+    assert sorted(await _all_ids(client, recent)) == ["tagged", "waiting"]
+    window = [*recent, ("advanced_at_end", str(now - day))]
+    assert await _all_ids(client, window) == ["waiting"]  # both bounds inclusive
+    # tags: exact and case-sensitive, repeatable (any of them); stage ids repeatable too
+    assert await _all_ids(client, [("tag", "Py - Resend")]) == [tagged["id"]]
+    both = [("tag", "Py - Resend"), ("tag", "py - resend")]
+    assert sorted(await _all_ids(client, both)) == ["elsewhere", "tagged"]
+    stages = [("stage_id", PY_ASSESSMENT_STAGE_ID), ("stage_id", "lead-new")]
+    assert len(await _all_ids(client, [*stages, ("archived", "false")])) == 4
+    assert old["id"] not in await _all_ids(client, recent)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{"archived": "yes"}, {"advanced_at_start": "yesterday"}, {"advanced_at_end": "-5"}],
+)
+async def test_list_filters_refuse_bad_values(client: httpx.AsyncClient, query: dict) -> None:
+    response = await client.get("/v1/opportunities", params=query)
+    assert response.status_code == 400
+    assert response.json()["code"] == "BadRequest"
+
+
+async def test_control_create_takes_an_entry_time(client: httpx.AsyncClient) -> None:
+    bad = await client.post("/_sandbox/candidates", json={"name": "X", "advanced_at": "now"})
+    assert bad.status_code == 400
 
 
 async def test_next_token_is_decoded_robustly(client: httpx.AsyncClient) -> None:

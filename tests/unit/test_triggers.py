@@ -1,4 +1,4 @@
-"""Matching a Lever stage id to a trigger (pylever/edge/triggers.py) and a trigger's effective settings."""
+"""Matching a Lever stage id to a trigger (pylever/clients/triggers.py) and a trigger's effective settings."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from pylever.clients.lever import Stage
+from pylever.clients.triggers import TriggerMatcher, trigger_settings
 from pylever.config.file import Account, AppConfig, parse_config
 from pylever.contracts.records import TriggerSettings
-from pylever.edge.triggers import TriggerMatcher, trigger_settings
 
 PY_ASSESSMENT_ID = "7c2690d8-6308-4ed9-ae2a-cbfe7db26593"
 ONSITE_ID = "992f01a9-ee19-41d2-ae79-1040701b195c"

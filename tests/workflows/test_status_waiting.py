@@ -28,7 +28,7 @@ from cli import render_status
 from pylever.contracts import search_attributes as sa
 from pylever.temporal.codec import AesGcmCodec, data_converter, generate_key
 from pylever.temporal.gateway import Gateway
-from tests.support.temporal_harness import start_dev_server
+from sandbox.devserver import start_dev_server
 
 QUEUE = "status-waiting"
 LEVER_401 = "Lever POST /opportunities/{id}/addTags -> 401 Unauthorized"

@@ -1,4 +1,4 @@
-"""Proves tests/support/temporal_harness.py against the real `temporal` binary.
+"""Proves the dev-server harness (sandbox/devserver.py) against the real `temporal` binary.
 
 Also pins down how the experimental per-workflow time skipping behaves
 (docs/testing-temporal.md): automatic skipping, fast_forward, activities,
@@ -29,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.testing import TimeSkipper, TimeSkippingConfig, WorkflowEnvironment
     from temporalio.worker import Worker
 
-    from tests.support.temporal_harness import (
+    from sandbox.devserver import (
         LEVER_ACCOUNT,
         PY_SCORE,
         PY_STATUS,

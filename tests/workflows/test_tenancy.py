@@ -45,9 +45,8 @@ with workflow.unsafe.imports_passed_through():
         lever_limits,
         limit_change,
     )
+    from sandbox.devserver import FAIRNESS_ARGS, partition_args, start_dev_server
     from sandbox.lever import LeverSandbox
-    from tests.support.process_stack import FAIRNESS_ARGS, partition_args
-    from tests.support.temporal_harness import start_dev_server
     from workflows.decisions import lever_task_queue
 
 KEY = "tenancy-lever-key-41d2"
@@ -203,8 +202,8 @@ def _process(client: Client, tmp_path, *accounts: dict):  # type: ignore[no-unty
     from pylever.config.environment import Settings
     from pylever.config.file import load_config
     from pylever.temporal.worker_process import WorkerProcess
+    from sandbox.toml_writer import to_toml
     from tests.integration.test_reload import small_config
-    from tests.support.toml_writer import to_toml
 
     path = tmp_path / "pylever.toml"
     path.write_text(to_toml(small_config(*accounts)))
@@ -216,9 +215,9 @@ async def test_a_removed_account_keeps_its_lever_calls_through_its_grace(env, tm
     """Its assessments get the withdrawal while their Lever calls still work (so they end
     cancelled, account removed, rather than error on an unknown account); then it is gone."""
     from pylever.config.reload import AccountChanges
+    from sandbox.toml_writer import to_toml
     from tests.integration.test_reload import account as account_entry
     from tests.integration.test_reload import small_config
-    from tests.support.toml_writer import to_toml
 
     process, path = _process(
         env.client,
@@ -249,9 +248,9 @@ async def test_a_removed_account_keeps_its_lever_calls_through_its_grace(env, tm
 async def test_an_unknown_account_takes_only_additions_from_the_file(env, tmp_path):
     """An activity naming an account this worker does not know re-reads the file, but a
     file caught half-edited (an account missing) withdraws nobody: removals wait for SIGHUP."""
+    from sandbox.toml_writer import to_toml
     from tests.integration.test_reload import account as account_entry
     from tests.integration.test_reload import small_config
-    from tests.support.toml_writer import to_toml
 
     process, path = _process(env.client, tmp_path, account_entry("acme"), account_entry("globex"))
     path.write_text(to_toml(small_config(account_entry("acme"), account_entry("newco"))))

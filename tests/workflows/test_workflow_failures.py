@@ -30,7 +30,7 @@ from pylever.contracts.records import (
     TriggerSettings,
 )
 from pylever.temporal.codec import data_converter
-from tests.support.temporal_harness import start_dev_server
+from sandbox.devserver import start_dev_server
 from workflows.assessment import AssessmentWorkflow
 from workflows.decisions import lever_task_queue
 from workflows.invitation import InvitationWorkflow

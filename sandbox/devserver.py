@@ -1,12 +1,17 @@
-"""Reusable Temporal test harness: dev servers, time skipping, a restartable server process.
+"""The Temporal dev server for development: ``make run``, the tests and the benchmarks.
 
-Everything here is explicit: importing this module starts nothing. Tests build their
-own fixtures from these helpers. See docs/testing-temporal.md for the measured
+The one place that knows the `temporal` binary, the `temporal server start-dev` flags
+(``dev_server_args``; SQLite WAL pragmas, task-queue partitions and fairness, time
+skipping, fast timers, search attributes) and the port helpers (``free_port``,
+``wait_port``). Servers come three ways: ``start_dev_server`` / ``start_time_skipping``
+(an SDK-managed server in this process's environment), ``DevServerProcess`` (a child
+process that can be stopped, killed and restarted) and the command line itself
+(``make run``, sandbox/stack.py). See docs/testing-temporal.md for the measured
 behaviour of the time-skipping API.
 
-Import it from a module that defines workflows under
-``workflow.unsafe.imports_passed_through()`` so the workflow sandbox does not
-re-import it.
+Everything here is explicit: importing this module starts nothing. Import it from a
+module that defines workflows under ``workflow.unsafe.imports_passed_through()`` so the
+workflow sandbox does not re-import it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from temporalio.converter import DataConverter
 from temporalio.testing import TimeSkippingConfig, WorkflowEnvironment
 
 __all__ = [
+    "FAIRNESS_ARGS",
+    "FAST_DELETE_ARGS",
+    "FAST_TIMER_ARGS",
     "LEVER_ACCOUNT",
     "LEVER_OPPORTUNITY_ID",
     "LEVER_STAGE_ID",
@@ -43,15 +51,17 @@ __all__ = [
     "SQLITE_WAL_ARGS",
     "TEMPORAL_BIN",
     "TIME_SKIPPING_ARGS",
-    "FAST_TIMER_ARGS",
     "DevServerProcess",
     "TemporalBinaryNotFound",
+    "dev_server_args",
     "find_temporal_bin",
     "free_port",
+    "partition_args",
     "search_attribute_args",
     "start_dev_server",
     "start_time_skipping",
     "wait_for_visibility",
+    "wait_port",
 ]
 
 
@@ -80,6 +90,38 @@ def find_temporal_bin() -> str:
 
 
 TEMPORAL_BIN: str = find_temporal_bin()
+
+
+# ---------------------------------------------------------------------------- ports
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(
+    port: int,
+    *,
+    within: float,
+    proc: subprocess.Popen[bytes],
+    name: str,
+    host: str = "127.0.0.1",
+) -> None:
+    """Until something listens on ``host:port``; RuntimeError if ``proc`` exits first or
+    nothing listens after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}")
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on {host}:{port} after {within:.0f}s")
 
 
 # ---------------------------------------------------------------- search attributes
@@ -137,6 +179,40 @@ FAST_TIMER_ARGS: tuple[str, ...] = (
     'history.timerProcessorMaxTimeShift="10ms"',
 )
 
+# Deleting a *closed* execution waits until the server's task queues have acknowledged
+# its close tasks, which they record every 30 s by default: a deletion took about 34 s
+# on the dev server (production behaves the same; the deletion is accepted and happens
+# later). With these values it takes about 4 s (tests/integration/test_lifecycle.py).
+FAST_DELETE_ARGS: tuple[str, ...] = tuple(
+    arg
+    for key, value in (
+        ("history.transferProcessorUpdateAckInterval", '"200ms"'),
+        ("history.visibilityProcessorUpdateAckInterval", '"200ms"'),
+        ("history.transferProcessorUpdateAckIntervalJitterCoefficient", "0"),
+        ("history.visibilityProcessorUpdateAckIntervalJitterCoefficient", "0"),
+    )
+    for arg in ("--dynamic-config-value", f"{key}={value}")
+)
+
+# Task-queue fairness as deploy/dynamicconfig turns it on: each account's tasks are
+# dispatched in turn (without it the server still limits each key's rate, but serves
+# the tasks first come, first served, so one account's bulk queues the others).
+FAIRNESS_ARGS = ["--dynamic-config-value", "matching.enableFairness=true"]
+
+
+def partition_args(partitions: int | None) -> list[str]:
+    """``start-dev`` arguments that give every task queue ``partitions`` partitions.
+
+    One, as deploy/dynamicconfig sets: the server splits a queue's rate limit evenly
+    between its partitions, so with the default 4 the rate sags as partitions drain.
+    None: the server's default."""
+    if partitions is None:
+        return []
+    return [
+        "--dynamic-config-value", f"matching.numTaskqueueReadPartitions={partitions}",
+        "--dynamic-config-value", f"matching.numTaskqueueWritePartitions={partitions}",
+    ]  # fmt: skip
+
 
 def _server_args(
     db_filename: str | os.PathLike[str] | None, fast_timers: bool, extra_args: Sequence[str]
@@ -146,6 +222,51 @@ def _server_args(
         *(FAST_TIMER_ARGS if fast_timers else ()),
         *extra_args,
     ]
+
+
+def dev_server_args(
+    *,
+    port: int,
+    host: str = "127.0.0.1",
+    http_port: int | None = None,
+    metrics_port: int | None = None,
+    ui_port: int | None = None,
+    ui_codec_endpoint: str | None = None,
+    namespace: str = "default",
+    db_filename: str | os.PathLike[str] | None = None,
+    search_attributes: Sequence[SearchAttributeKey[Any]] = (),
+    time_skipping: bool = False,
+    fast_timers: bool = False,
+    log_level: str = "warn",
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The command line of `temporal server start-dev`.
+
+    ``ui_port=None``: headless. ``http_port`` / ``metrics_port`` None: the server's own
+    choice. ``ui_codec_endpoint``: where the Web UI decodes payloads. A ``db_filename``
+    gets the WAL pragmas (``SQLITE_WAL_ARGS``)."""
+    args: list[str] = [TEMPORAL_BIN, "server", "start-dev", "--ip", host, "--port", str(port)]
+    if http_port is not None:
+        args += ["--http-port", str(http_port)]
+    if metrics_port is not None:
+        args += ["--metrics-port", str(metrics_port)]
+    args += ["--log-level", log_level]
+    args += ["--headless"] if ui_port is None else ["--ui-port", str(ui_port)]
+    if ui_codec_endpoint is not None:
+        args += ["--ui-codec-endpoint", ui_codec_endpoint]
+    if namespace != "default":
+        args += ["--namespace", namespace]
+    if db_filename is not None:
+        args += ["--db-filename", str(db_filename), *SQLITE_WAL_ARGS]
+    args += search_attribute_args(search_attributes)
+    if time_skipping:
+        args += list(TIME_SKIPPING_ARGS)
+    if fast_timers:
+        args += list(FAST_TIMER_ARGS)
+    return args + list(extra_args)
+
+
+# -------------------------------------------------------- servers of this process
 
 
 async def start_dev_server(
@@ -254,13 +375,6 @@ async def wait_for_visibility(
 # ---------------------------------------------------------- server as a subprocess
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 class DevServerProcess:
     """`temporal server start-dev` as a child process that can be stopped, killed and restarted.
 
@@ -310,28 +424,20 @@ class DevServerProcess:
             self.log_path = self.db_filename.with_name(self.db_filename.name + ".log")
         else:
             self.log_path = None
-        self.args: list[str] = [
-            TEMPORAL_BIN, "server", "start-dev",
-            "--ip", host,
-            "--port", str(self.port),
-            "--http-port", str(self.http_port),
-            "--metrics-port", str(self.metrics_port),
-            "--log-level", log_level,
-        ]  # fmt: skip
-        if headless:
-            self.args.append("--headless")
-        else:
-            self.args += ["--ui-port", str(self.ui_port)]
-        if namespace != "default":
-            self.args += ["--namespace", namespace]
-        if self.db_filename is not None:
-            self.args += ["--db-filename", str(self.db_filename), *SQLITE_WAL_ARGS]
-        self.args += search_attribute_args(search_attributes)
-        if time_skipping:
-            self.args += list(TIME_SKIPPING_ARGS)
-        if fast_timers:
-            self.args += list(FAST_TIMER_ARGS)
-        self.args += list(extra_args)
+        self.args: list[str] = dev_server_args(
+            host=host,
+            port=self.port,
+            http_port=self.http_port,
+            metrics_port=self.metrics_port,
+            ui_port=self.ui_port,
+            namespace=namespace,
+            db_filename=self.db_filename,
+            search_attributes=search_attributes,
+            time_skipping=time_skipping,
+            fast_timers=fast_timers,
+            log_level=log_level,
+            extra_args=extra_args,
+        )
         self._proc: subprocess.Popen[bytes] | None = None
         self._registered_atexit = False
 

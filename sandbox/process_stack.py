@@ -1,6 +1,7 @@
 """A py-lever deployment as real processes, for fault, load and benchmark runs.
 
-Every piece runs the way a deployment runs it, each in its own OS process:
+Every piece runs the way a deployment runs it, each in its own OS process, started by
+the launcher ``make run`` uses too (sandbox/launcher.py, sandbox/devserver.py):
 
 - the Temporal dev server (``DevServerProcess``: SQLite file with WAL pragmas,
   stopped and restarted on the same file and port);
@@ -32,9 +33,6 @@ import atexit
 import contextlib
 import dataclasses
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,9 +46,16 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from pylever.temporal.codec import codec_from_env, data_converter, generate_key
+from sandbox.devserver import FAIRNESS_ARGS, DevServerProcess, free_port, partition_args
+from sandbox.launcher import (
+    ManagedProcess,
+    api_process,
+    lever_sandbox_process,
+    py_sandbox_process,
+    worker_process,
+)
 from sandbox.lever import PY_ASSESSMENT_STAGE_ID
-from tests.support.temporal_harness import DevServerProcess, free_port
-from tests.support.toml_writer import toml_value
+from sandbox.toml_writer import toml_table
 from workflows.decisions import lever_task_queue
 
 __all__ = [
@@ -59,16 +64,12 @@ __all__ = [
     "PY_ASSESSMENT_STAGE_ID",
     "SECRETS",
     "TRIGGER_STAGE",
-    "ManagedProcess",
     "ProcessStack",
     "StackOptions",
-    "partition_args",
 ]
 
 T = TypeVar("T")
 
-ROOT = Path(__file__).resolve().parents[2]
-PYTHON = sys.executable
 ACCOUNT = "acme"
 TRIGGER_STAGE = "Py Assessment"
 ADMIN_TOKEN = "process-stack-admin-token"
@@ -79,92 +80,6 @@ SECRETS: dict[str, str] = {
     "ACME_LEVER_API_KEY": "ps-acme-lever-key-70c3",
     "ACME_LEVER_STAGE_TOKEN": "ps-acme-stage-token-51bb",
 }
-
-
-# ------------------------------------------------------------------ one process
-
-
-class ManagedProcess:
-    """One child process (its own session, so signals reach only it), logging to a file."""
-
-    def __init__(self, name: str, args: Sequence[str], env: Mapping[str, str], log_path: Path):
-        self.name = name
-        self.args = list(args)
-        self.env = dict(env)
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_offset = 0  # where the log of the latest start begins
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def spawn(self) -> None:
-        if self.running:
-            raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
-        with open(self.log_path, "ab") as log:
-            self.log_offset = log.tell()
-            log.write(f"\n=== {time.strftime('%H:%M:%S')} starting {self.name}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                self.args,
-                cwd=ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def log_tail(self, lines: int = 30) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def log_since_start(self) -> str:
-        """What the process logged since its latest start."""
-        if not self.log_path.exists():
-            return ""
-        with open(self.log_path, "rb") as log:
-            log.seek(self.log_offset)
-            return log.read().decode(errors="replace")
-
-    async def _wait_exit(self, within: float) -> int | None:
-        assert self.proc is not None
-        try:
-            return await asyncio.to_thread(self.proc.wait, within)
-        except subprocess.TimeoutExpired:
-            return None
-
-    async def kill(self) -> int | None:
-        """SIGKILL, as in a crash (OOM killer, lost host). Returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.kill()
-            await self._wait_exit(10)
-        return self.proc.returncode
-
-    async def stop(self, grace: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``grace`` seconds. Returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            if await self._wait_exit(grace) is None:
-                return await self.kill()
-        return self.proc.returncode
-
-    def kill_now(self) -> None:
-        """Synchronous SIGKILL (atexit)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(5)
 
 
 # ------------------------------------------------------------------- options
@@ -195,33 +110,13 @@ class StackOptions:
     move_on_pass: str | None = None
     reminders: tuple[str, ...] = ("2d", "5d")
     expire_after: str = "7d"
+    sweep_every: str = "off"  # the reconciliation sweep (issue 14); "off": no schedule
+    sweep_lookback: str = "3d"
     # The workers check the config against Lever and Py at start (pylever/ops/checks.py,
     # logging "startup checks done"); start-up waits for that too.
     startup_checks: bool = True
     # Extra environment for the workers (e.g. PYLEVER_WORKER_METRICS_ADDRESS).
     worker_env: Mapping[str, str] = field(default_factory=dict)
-
-
-def _toml_table(header: str, values: Mapping[str, Any]) -> list[str]:
-    lines = [header]
-    lines += [f"{k} = {toml_value(v)}" for k, v in values.items() if v is not None]
-    return lines + [""]
-
-
-# Task-queue fairness as deploy/dynamicconfig turns it on: each account's tasks are
-# dispatched in turn (without it the server still limits each key's rate, but serves
-# the tasks first come, first served, so one account's bulk queues the others).
-FAIRNESS_ARGS = ["--dynamic-config-value", "matching.enableFairness=true"]
-
-
-def partition_args(partitions: int | None) -> list[str]:
-    """``start-dev`` arguments that give every task queue ``partitions`` partitions."""
-    if partitions is None:
-        return []
-    return [
-        "--dynamic-config-value", f"matching.numTaskqueueReadPartitions={partitions}",
-        "--dynamic-config-value", f"matching.numTaskqueueWritePartitions={partitions}",
-    ]  # fmt: skip
 
 
 # --------------------------------------------------------------------- the stack
@@ -259,36 +154,30 @@ class ProcessStack:
         )
         self.config_path = self.workdir / "pylever.toml"
         self.config_path.write_text(self._config_toml())
-        self.lever = ManagedProcess(
-            "lever-sandbox",
-            [PYTHON, "-m", "sandbox.lever", "--host", "127.0.0.1", "--port", str(self.lever_port),
-             "--webhook-url", f"{self.api_url}/webhooks/lever/{ACCOUNT}",
-             "--rate", str(base.lever_rate), "--burst", str(base.lever_burst),
-             "--error-rate", str(base.lever_error_rate),
-             *(["--seed", str(base.seed)] if base.seed is not None else [])],
-            {**self._base_env(),
-             "LEVER_SANDBOX_API_KEY": SECRETS["ACME_LEVER_API_KEY"],
-             "LEVER_SANDBOX_SIGNATURE_TOKEN": SECRETS["ACME_LEVER_STAGE_TOKEN"]},
-            self.workdir / "lever-sandbox.log",
-        )  # fmt: skip
-        self.py = ManagedProcess(
-            "py-sandbox",
-            [PYTHON, "-m", "sandbox.py", "--host", "127.0.0.1", "--port", str(self.py_port),
-             "--error-rate", str(base.py_error_rate),
-             *(["--seed", str(base.seed)] if base.seed is not None else [])],
-            {**self._base_env(),
-             "PY_SANDBOX_API_KEY": SECRETS["PY_API_KEY"],
-             "PY_SANDBOX_CALLBACK_SECRET": SECRETS["PY_CALLBACK_SECRET"]},
-            self.workdir / "py-sandbox.log",
-        )  # fmt: skip
-        self.api = ManagedProcess(
-            "api",
-            [PYTHON, "-m", "uvicorn", "api:app", "--host", "127.0.0.1",
-             "--port", str(self.api_port), "--no-access-log",
-             "--http", "pylever.edge.http_server:TimedH11Protocol"],  # the header timeout
-            self._app_env(),
-            self.workdir / "api.log",
-        )  # fmt: skip
+        self.lever = lever_sandbox_process(
+            self.lever_port,
+            webhook_url=f"{self.api_url}/webhooks/lever/{ACCOUNT}",
+            api_key=SECRETS["ACME_LEVER_API_KEY"],
+            signature_token=SECRETS["ACME_LEVER_STAGE_TOKEN"],
+            env=self._base_env(),
+            log_path=self.workdir / "lever-sandbox.log",
+            rate=base.lever_rate,
+            burst=base.lever_burst,
+            error_rate=base.lever_error_rate,
+            seed=base.seed,
+        )
+        self.py = py_sandbox_process(
+            self.py_port,
+            api_key=SECRETS["PY_API_KEY"],
+            callback_secret=SECRETS["PY_CALLBACK_SECRET"],
+            env=self._base_env(),
+            log_path=self.workdir / "py-sandbox.log",
+            error_rate=base.py_error_rate,
+            seed=base.seed,
+        )
+        self.api = api_process(
+            self.api_port, env=self._app_env(), log_path=self.workdir / "api.log"
+        )
         self.workers: list[ManagedProcess] = []
         # uvicorn closes idle keep-alive connections after 5 s; a request racing that close
         # fails with RemoteProtocolError, so drop idle connections well before.
@@ -300,16 +189,17 @@ class ProcessStack:
 
     def _config_toml(self) -> str:
         o = self.options
-        lines = _toml_table("[service]", {"public_url": self.api_url})
-        lines += _toml_table("[py]", {
+        lines = toml_table("[service]", {"public_url": self.api_url})
+        lines += toml_table("[py]", {
             "api_url": self.py_url,
             "api_key": "env:PY_API_KEY",
             "callback_secret": "env:PY_CALLBACK_SECRET",
         })  # fmt: skip
-        lines += _toml_table("[defaults]", {
+        lines += toml_table("[defaults]", {
             "reminders": list(o.reminders), "expire_after": o.expire_after,
+            "sweep_every": o.sweep_every, "sweep_lookback": o.sweep_lookback,
         })  # fmt: skip
-        lines += _toml_table("[[accounts]]", {
+        lines += toml_table("[[accounts]]", {
             "id": ACCOUNT,
             "lever_api_url": f"{self.lever_url}/v1",
             "lever_api_key": "env:ACME_LEVER_API_KEY",
@@ -318,7 +208,7 @@ class ProcessStack:
             "fail_threshold": o.fail_threshold,
             "lever_requests_per_second": o.lever_requests_per_second,
         })  # fmt: skip
-        lines += _toml_table("[[accounts.triggers]]", {
+        lines += toml_table("[[accounts.triggers]]", {
             "stage": TRIGGER_STAGE,
             "default_test": o.default_test,
             "move_on_pass": o.move_on_pass,
@@ -329,6 +219,10 @@ class ProcessStack:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYLEVER_", "TEMPORAL_"))}
         env["PYTHONUNBUFFERED"] = "1"
         return env
+
+    def app_env(self) -> dict[str, str]:
+        """The API's and the workers' environment (also what ``cli.py`` needs)."""
+        return self._app_env()
 
     def _app_env(self) -> dict[str, str]:
         return {
@@ -397,14 +291,17 @@ class ProcessStack:
 
     # --- workers -------------------------------------------------------------------------
 
+    # ``python -m <worker_module>`` instead of ``python worker.py`` (a bench wrapper around it).
+    worker_module: str | None = None
+
     def add_worker(self) -> int:
         """Spawn one more ``python worker.py``; returns its index (see ``wait_worker_ready``)."""
         index = len(self.workers)
-        worker = ManagedProcess(
-            f"worker-{index}",
-            [PYTHON, "worker.py"],
-            {**self._app_env(), **self.options.worker_env},
-            self.workdir / f"worker-{index}.log",
+        worker = worker_process(
+            env={**self._app_env(), **self.options.worker_env},
+            name=f"worker-{index}",
+            log_path=self.workdir / f"worker-{index}.log",
+            module=self.worker_module,
         )
         self.workers.append(worker)
         worker.spawn()
@@ -524,10 +421,25 @@ class ProcessStack:
         return response.json()
 
     async def create_candidate(
-        self, name: str, email: str | None = None, tags: Sequence[str] = ()
+        self,
+        name: str,
+        email: str | None = None,
+        tags: Sequence[str] = (),
+        *,
+        stage: str | None = None,
+        advanced_at: int | None = None,
     ) -> str:
-        """A new opportunity (in "New lead"); returns its id."""
-        body = {"name": name, "emails": [email] if email else [], "tags": list(tags)}
+        """A new opportunity (in "New lead", or added straight into ``stage``: no webhook,
+        entered at ``advanced_at`` epoch ms, default now); returns its id."""
+        body: dict[str, Any] = {
+            "name": name,
+            "emails": [email] if email else [],
+            "tags": list(tags),
+        }
+        if stage is not None:
+            body["stage"] = stage
+        if advanced_at is not None:
+            body["advanced_at"] = advanced_at
         return str((await self._lever("POST", "/candidates", json=body))["id"])
 
     async def move(self, opportunity_id: str, stage: str = TRIGGER_STAGE) -> dict[str, Any]:

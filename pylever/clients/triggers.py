@@ -20,7 +20,7 @@ from pylever.contracts.errors import ApiError
 from pylever.contracts.records import TriggerSettings
 from pylever.ops.logs import log_event
 
-log = logging.getLogger("pylever.edge.triggers")
+log = logging.getLogger("pylever.clients.triggers")
 
 
 class TriggerMatcher:

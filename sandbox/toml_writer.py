@@ -1,4 +1,6 @@
-"""A tiny TOML writer, so tests state a configuration as data (``tomllib`` only reads)."""
+"""A tiny TOML writer, so tests, benchmarks and the process stack state a configuration as
+data (``tomllib`` only reads): ``to_toml`` for a whole document, ``toml_table`` for the
+lines of one table, ``toml_value`` for one value."""
 
 from __future__ import annotations
 
@@ -17,6 +19,14 @@ def toml_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"no TOML for {value!r}")
+
+
+def toml_table(header: str, values: Mapping[str, Any]) -> list[str]:
+    """``header`` (``[py]``, ``[[accounts]]``, ...) and its ``key = value`` lines, then a blank
+    line; keys whose value is None are left out."""
+    lines = [header]
+    lines += [f"{k} = {toml_value(v)}" for k, v in values.items() if v is not None]
+    return lines + [""]
 
 
 def _is_table_array(value: Any) -> bool:

@@ -400,6 +400,7 @@ async def _remove_account(args: argparse.Namespace, out: TextIO) -> int:
     from pylever.config.environment import Settings
     from pylever.config.file import ConfigError, load_config_from_env
     from pylever.temporal.gateway import Gateway
+    from pylever.temporal.schedules import drop_sweep_schedule
     from pylever.temporal.unconfigured import unconfigured_accounts
 
     try:
@@ -427,6 +428,8 @@ async def _remove_account(args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_OK
     workflow_id = await Gateway(client, settings.task_queue).remove_account(args.account)
     print(f"withdrawing {count} running assessments: workflow {workflow_id}", file=out)
+    if await drop_sweep_schedule(client, settings.task_queue, args.account):
+        print("its sweep schedule is deleted", file=out)
     return EXIT_OK
 
 

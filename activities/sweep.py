@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from temporalio import activity
+from temporalio.common import Priority
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import activity_errors
@@ -30,27 +32,39 @@ from pylever.contracts.sweep import (
     PlannedStage,
     StartedCandidate,
     StartedPage,
-    StartOutcome,
     StartWaiting,
     SweepMode,
     SweepPlan,
     SweepPlanRequest,
     SweepReport,
+    WaitingOutcome,
 )
 from pylever.ops.logs import log_event
 from pylever.ops.metrics import SWEEP_RUNS, SWEEP_STARTED
-from pylever.temporal.gateway import Gateway
+from workflows.decisions import background_priority
 
 log = logging.getLogger("pylever.activities.sweep")
+
+
+class Starter(Protocol):
+    """What starts assessments: ``pylever.temporal.gateway.Gateway``, the webhook's own."""
+
+    async def start_assessment(
+        self, input: AssessmentInput, *, entered_at: datetime | None = ...,
+        priority: Priority | None = ...,
+    ) -> Any: ...  # fmt: skip
+
+    async def would_start(self, input: AssessmentInput, *, entered_at: datetime) -> bool: ...
+
 
 NOT_A_TRIGGER_STAGE = "NotATriggerStage"  # a backfill's --stage that is no trigger stage
 
 
 class SweepActivities:
-    def __init__(self, config: AppConfig, levers: LeverClients, gateway: Gateway) -> None:
+    def __init__(self, config: AppConfig, levers: LeverClients, starter: Starter) -> None:
         self._config = config
         self._levers = levers
-        self._gateway = gateway
+        self._starter = starter
 
     def use(self, config: AppConfig) -> None:
         """A reload: the next plan reads the new configuration."""
@@ -106,7 +120,14 @@ class SweepActivities:
 
     @SweepActivity.start_waiting.implementation
     async def start_waiting(self, req: StartWaiting) -> StartedPage:
-        """Start each candidate's assessment as its webhook would have (idempotent)."""
+        """Start each candidate's assessment as its webhook would have (idempotent), at the
+        sweep's lower priority: the assessment's own Lever and Py calls inherit it."""
+        if self._config.account(req.account_id) is None:  # removed while the sweep ran
+            raise ApplicationError(
+                f"account {req.account_id!r} is not in this worker's configuration",
+                type=UNKNOWN_ACCOUNT,
+                non_retryable=True,
+            )
         done = _resumed(req)
         for candidate in req.candidates[len(done) :]:
             # Lever always sends lastAdvancedAt; without one, the epoch: any earlier run counts.
@@ -118,12 +139,13 @@ class SweepActivities:
                 settings=req.stage.settings,
             )
             if req.dry_run:
-                starts = await self._gateway.would_start(input, entered_at=entered)
+                starts = await self._starter.would_start(input, entered_at=entered)
             else:
-                starts = (
-                    await self._gateway.start_assessment(input, entered_at=entered)
-                ).status == "started"
-            outcome = StartOutcome.STARTED if starts else StartOutcome.ASSESSED
+                started = await self._starter.start_assessment(
+                    input, entered_at=entered, priority=background_priority(req.account_id)
+                )
+                starts = started.status == "started"
+            outcome = WaitingOutcome.STARTED if starts else WaitingOutcome.ASSESSED
             done.append(StartedCandidate(opportunity_id=candidate.opportunity_id, outcome=outcome))
             activity.heartbeat([c.outcome.value for c in done])
         return StartedPage(candidates=tuple(done))
@@ -154,6 +176,6 @@ def _resumed(req: StartWaiting) -> list[StartedCandidate]:
     details = activity.info().heartbeat_details
     outcomes = details[0] if details and isinstance(details[0], list) else []
     return [
-        StartedCandidate(opportunity_id=c.opportunity_id, outcome=StartOutcome(outcome))
+        StartedCandidate(opportunity_id=c.opportunity_id, outcome=WaitingOutcome(outcome))
         for c, outcome in zip(req.candidates, outcomes, strict=False)
     ]

@@ -181,17 +181,6 @@ class LeverOps:
         return TagWrite(account_id=self.account_id, opportunity_id=self.opportunity_id, tags=tags)
 
 
-# Temporal's priority keys run from 1 (first) to 5; unset is 3. The sweep's and the backfill's
-# calls come after webhook-driven work on every queue they share with it.
-BACKGROUND_PRIORITY_KEY = 5
-
-
-def background_priority(account_id: str) -> Priority:
-    """A sweep's or a backfill's calls: behind webhook-driven work, and the account's
-    fairness key, so they count against the account's own Lever rate."""
-    return Priority(priority_key=BACKGROUND_PRIORITY_KEY, fairness_key=account_id)
-
-
 async def background_lever_call(
     stub: Activity[ArgT, ResultT], arg: ArgT, account_id: str
 ) -> ResultT:
@@ -200,7 +189,7 @@ async def background_lever_call(
         stub,
         arg,
         task_queue=decisions.lever_task_queue(workflow.info().task_queue),
-        priority=background_priority(account_id),
+        priority=decisions.background_priority(account_id),
         start_to_close_timeout=START_TO_CLOSE,
         schedule_to_close_timeout=SETUP_HORIZON,
         retry_policy=SETUP_RETRY,
@@ -233,10 +222,8 @@ __all__ = [
     "DURABLE_RETRY",
     "FINAL_ERRORS",
     "SETUP_RETRY",
-    "BACKGROUND_PRIORITY_KEY",
     "LeverOps",
     "background_lever_call",
-    "background_priority",
     "call",
     "durable_horizon",
     "error_message",

@@ -1,4 +1,4 @@
-"""Pure decisions of the assessment: no I/O, no clock, no Temporal.
+"""Pure decisions of the assessment: no I/O, no clock, no call to Temporal.
 
 Which tests to send, which verdict a score earns, which Lever tags to add and
 remove, when reminders and the expiry fall, what an invitation's wait ended in, how
@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+
+from temporalio.common import Priority
 
 from pylever.contracts.records import (
     ChosenTest,
@@ -71,6 +73,18 @@ _REFERENCE = re.compile(rf"{WORKFLOW_ID_PREFIX}:[^:\s]+:[^:\s]+:[^:\s]+:[^:\s]+"
 
 def is_invitation_reference(reference: str) -> bool:
     return len(reference) <= 400 and bool(_REFERENCE.fullmatch(reference))
+
+
+# Temporal's priority keys run from 1 (first) to 5; unset is 3. The sweep's and the
+# backfill's work (their own calls, and the assessments they start) comes after
+# webhook-driven work on every queue they share with it.
+BACKGROUND_PRIORITY_KEY = 5
+
+
+def background_priority(account_id: str) -> Priority:
+    """A sweep's or a backfill's work: behind webhook-driven work, with the account's
+    fairness key, so its Lever calls count against the account's own rate."""
+    return Priority(priority_key=BACKGROUND_PRIORITY_KEY, fairness_key=account_id)
 
 
 def lever_task_queue(base_queue: str) -> str:

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     import workflows.decisions as decisions
@@ -34,7 +35,6 @@ with workflow.unsafe.imports_passed_through():
     from pylever.contracts.sweep import (
         ListWaiting,
         PlannedStage,
-        StartOutcome,
         StartWaiting,
         SweepInput,
         SweepMode,
@@ -43,16 +43,19 @@ with workflow.unsafe.imports_passed_through():
         SweepResult,
         SweptCandidate,
         WaitingCandidate,
+        WaitingOutcome,
     )
     from workflows.calls import (
         START_TO_CLOSE,
         background_lever_call,
-        background_priority,
         call,
         py_call,
     )
 
 MAX_LISTED_CANDIDATES = 2_000  # a backfill's result lists at most this many (counts are whole)
+# Temporal unreachable for an hour: the page fails, and so does this sweep; the next one
+# (SKIP overlap: it waits for this one to close) lists the same candidates again.
+START_HORIZON = timedelta(hours=1)
 START_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)
 )
@@ -104,19 +107,25 @@ class SweepWorkflow:
             await self._sweep_stage(input, stage, since)
             self.state.stages_done += 1
         s = self.state
-        await call(
-            SweepActivity.report,
-            SweepReport(
-                account_id=input.account_id,
-                mode=input.mode,
-                listed=s.listed,
-                assessed=s.assessed,
-                started=s.started,
-                no_test=s.no_test,
-            ),  # fmt: skip
-            start_to_close_timeout=START_TO_CLOSE,
-            retry_policy=RetryPolicy(maximum_attempts=3),
+        report = SweepReport(
+            account_id=input.account_id,
+            mode=input.mode,
+            listed=s.listed,
+            assessed=s.assessed,
+            started=s.started,
+            no_test=s.no_test,
         )
+        try:
+            await call(
+                SweepActivity.report,
+                report,
+                start_to_close_timeout=START_TO_CLOSE,
+                retry_policy=RetryPolicy(maximum_attempts=3),
+            )
+        except ActivityError as exc:  # the log line and the counters only: the work is done
+            if is_cancelled_exception(exc):
+                raise
+            workflow.logger.warning("sweep report failed: %s", exc)
         s.finished = True
         return SweepResult(
             account_id=input.account_id,
@@ -160,7 +169,7 @@ class SweepWorkflow:
             c for c in candidates if input.mode is SweepMode.SWEEP or tests[c.opportunity_id]
         )
         self.state.no_test += len(candidates) - len(eligible)
-        outcomes: dict[str, StartOutcome] = {}
+        outcomes: dict[str, WaitingOutcome] = {}
         if eligible:
             started = await call(
                 SweepActivity.start_waiting,
@@ -171,13 +180,14 @@ class SweepWorkflow:
                     dry_run=input.mode is SweepMode.DRY_RUN,
                 ),  # fmt: skip
                 start_to_close_timeout=timedelta(minutes=10),
+                schedule_to_close_timeout=START_HORIZON,
                 heartbeat_timeout=timedelta(minutes=1),
                 retry_policy=START_RETRY,
-                priority=background_priority(input.account_id),
+                priority=decisions.background_priority(input.account_id),
             )
             outcomes = {c.opportunity_id: c.outcome for c in started.candidates}
         for outcome in outcomes.values():
-            if outcome is StartOutcome.STARTED:
+            if outcome is WaitingOutcome.STARTED:
                 self.state.started += 1
             else:
                 self.state.assessed += 1
@@ -212,9 +222,9 @@ class SweepWorkflow:
         }
 
 
-def _outcome_text(mode: SweepMode, outcome: StartOutcome | None) -> str:
+def _outcome_text(mode: SweepMode, outcome: WaitingOutcome | None) -> str:
     if outcome is None:
         return "no_test"
-    if outcome is StartOutcome.ASSESSED:
+    if outcome is WaitingOutcome.ASSESSED:
         return "assessed"
     return "would_start" if mode is SweepMode.DRY_RUN else "started"

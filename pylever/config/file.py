@@ -38,6 +38,8 @@ DEFAULT_REMINDERS = ("2d", "5d")
 DEFAULT_EXPIRE_AFTER = "7d"
 DEFAULT_SWEEP_EVERY = "15m"
 DEFAULT_SWEEP_LOOKBACK = "3d"
+DEFAULT_COMMANDS_EVERY = "1m"
+DEFAULT_EXTEND_BY = "3d"
 
 _DURATION = re.compile(r"([0-9]+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -172,6 +174,19 @@ class Sweep:
     lookback: timedelta
 
 
+DEFAULT_COMMANDS = parse_duration(DEFAULT_COMMANDS_EVERY)
+DEFAULT_EXTEND = parse_duration(DEFAULT_EXTEND_BY)
+
+
+@dataclass(frozen=True)
+class Commands:
+    """An account's recruiter commands (section 4): looked for every ``every``; one
+    ``Py - Extend`` moves the expiry ``extend_by`` later."""
+
+    every: timedelta
+    extend_by: timedelta
+
+
 class ServiceSettings(_Model):
     public_url: str
 
@@ -191,6 +206,8 @@ class Defaults(_Model):
     expire_after: Duration | None = None
     sweep_every: SweepEvery | None = None
     sweep_lookback: Duration | None = None
+    commands_every: Duration | None = None
+    extend_by: Duration | None = None
 
 
 class Trigger(_Model):
@@ -228,6 +245,8 @@ class Account(_Model):
     lever_requests_per_second: float = Field(default=9.0, gt=0, le=10)
     sweep_every: SweepEvery | None = None
     sweep_lookback: Duration | None = None
+    commands_every: Duration | None = None
+    extend_by: Duration | None = None
     triggers: tuple[Trigger, ...] = Field(min_length=1)
 
     _url = field_validator("lever_api_url")(classmethod(lambda cls, v: _check_url(v)))
@@ -311,6 +330,13 @@ class AppConfig(_Model):
         every = _first(account.sweep_every, self.defaults.sweep_every, DEFAULT_SWEEP)
         lookback = _first(account.sweep_lookback, self.defaults.sweep_lookback, DEFAULT_LOOKBACK)
         return Sweep(every=None if every == "off" else every, lookback=lookback)
+
+    def commands(self, account: Account) -> Commands:
+        """How often the account's command tags are looked for, and what Extend adds."""
+        return Commands(
+            every=_first(account.commands_every, self.defaults.commands_every, DEFAULT_COMMANDS),
+            extend_by=_first(account.extend_by, self.defaults.extend_by, DEFAULT_EXTEND),
+        )
 
     def timing(self, account: Account, trigger: Trigger) -> Timing:
         def pick(field: str) -> Any:

@@ -80,14 +80,14 @@ class StartWaiting(_Record):
     dry_run: bool = False  # only tell whether each would start (STARTED) or not (ASSESSED)
 
 
-class StartOutcome(StrEnum):
+class WaitingOutcome(StrEnum):
     STARTED = "started"  # no assessment had seen this entry into the stage: started now
     ASSESSED = "assessed"  # running, finished, or ended after this entry: left alone
 
 
 class StartedCandidate(_Record):
     opportunity_id: str
-    outcome: StartOutcome
+    outcome: WaitingOutcome
 
 
 class SweptCandidate(_Record):

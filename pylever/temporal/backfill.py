@@ -17,7 +17,7 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle
 
 from pylever.contracts.sweep import SweepInput, SweepMode, SweepResult
-from workflows.calls import background_priority
+from workflows.decisions import background_priority
 from workflows.sweep import SweepWorkflow
 
 PROGRESS_INTERVAL = 0.5  # seconds between two progress queries

@@ -130,7 +130,11 @@ class Gateway:
     # --- assessments ----------------------------------------------------------
 
     async def start_assessment(
-        self, input: AssessmentInput, *, entered_at: datetime | None = None
+        self,
+        input: AssessmentInput,
+        *,
+        entered_at: datetime | None = None,
+        priority: Priority | None = None,
     ) -> Started:
         """Start once per (account, opportunity, stage).
 
@@ -151,12 +155,18 @@ class Gateway:
         entry and is left alone whatever it ended with (``not_sent`` included): a sweep
         never reruns what a run already decided. A closed run from before the entry is
         treated as a webhook would treat it.
+
+        ``priority``: the run's (its children and activities inherit it); default the
+        account's fairness key at the default priority. The sweep starts at a lower one.
         """
         workflow_id = decisions.assessment_workflow_id(
             input.account_id, input.opportunity_id, input.stage_id
         )
+        priority = priority or account_priority(input.account_id)
         try:
-            return await self._start(input, workflow_id, WorkflowIDReusePolicy.REJECT_DUPLICATE)
+            return await self._start(
+                input, workflow_id, WorkflowIDReusePolicy.REJECT_DUPLICATE, priority
+            )
         except WorkflowAlreadyStartedError:
             pass  # a closed run exists: look at how it ended
         except Exception as exc:
@@ -165,11 +175,15 @@ class Gateway:
             previous = await self.client.get_workflow_handle(workflow_id).describe(
                 rpc_timeout=RPC_TIMEOUT
             )
+            if previous.status == WorkflowExecutionStatus.RUNNING:  # a racing start won
+                return Started("already_running", workflow_id)
             if _covers(previous, entered_at):
                 return Started("already_done", workflow_id)
             # A re-run adopts what the earlier run left open at Py (models.AssessmentInput).
             rerun = input.model_copy(update={"rerun": True})
-            return await self._start(rerun, workflow_id, WorkflowIDReusePolicy.ALLOW_DUPLICATE)
+            return await self._start(
+                rerun, workflow_id, WorkflowIDReusePolicy.ALLOW_DUPLICATE, priority
+            )
         except WorkflowAlreadyStartedError:
             return Started("already_running", workflow_id)
         except Exception as exc:
@@ -196,7 +210,11 @@ class Gateway:
         return not _covers(previous, entered_at)
 
     async def _start(
-        self, input: AssessmentInput, workflow_id: str, reuse: WorkflowIDReusePolicy
+        self,
+        input: AssessmentInput,
+        workflow_id: str,
+        reuse: WorkflowIDReusePolicy,
+        priority: Priority,
     ) -> Started:
         handle: WorkflowHandle[Any, Any] = await self.client.start_workflow(
             AssessmentWorkflow.run,
@@ -214,7 +232,7 @@ class Gateway:
                 ]
             ),
             static_summary=f"opportunity {input.opportunity_id} · stage {input.settings.stage}",
-            priority=account_priority(input.account_id),
+            priority=priority,
             rpc_timeout=RPC_TIMEOUT,
         )
         response = getattr(handle, "_start_workflow_response", None)

@@ -2,7 +2,8 @@
 
 ``SIGHUP`` re-reads the configuration (``pylever.config.reload``): new accounts are
 served at once, changed ones get new clients and limits, removed ones have their
-running assessments withdrawn.
+running assessments withdrawn; every account's sweep Schedule is written at start and
+after each reload (``pylever.temporal.schedules``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -34,6 +35,7 @@ from workflows.decisions import lever_task_queue
 log = logging.getLogger("pylever.worker")
 UNKNOWN_ACCOUNT_REREAD = 10.0  # seconds: an unknown account re-reads the file at most this often
 REMOVED_ACCOUNT_GRACE = 300.0  # seconds a removed account's Lever calls still run (see apply)
+SCHEDULES_TIMEOUT = 120.0  # seconds: writing every account's sweep schedule, at most
 PY_CLIENT_GRACE = 60.0  # seconds a replaced Py client stays open for the calls using it
 
 
@@ -53,6 +55,7 @@ class WorkerProcess:
         self._reread_at = float("-inf")
         self._leaving: dict[str, Account] = {}  # removed accounts within their grace
         self._deferred: set[asyncio.Task[None]] = set()
+        self._schedules_lock = asyncio.Lock()
         self.workers = Workers(
             client, config, settings.task_queue, self.levers, py_client_for(config),
             on_unknown_account=self.reread_for_unknown_account,
@@ -76,10 +79,6 @@ class WorkerProcess:
         self.levers.update(self._lever_accounts(new))
         self.workers.lever.watch(changes.added)
         self.workers.sweep.use(new)
-        await _log_failure(
-            apply_sweep_schedules(self.client, self.settings.task_queue, new, changes.removed),
-            "writing the sweep schedules",
-        )
         if new.py != old.py or new.callback_url != old.callback_url:
             retired = self.workers.py.use(py_client_for(new), new.callback_url)
             self._later(PY_CLIENT_GRACE, retired.aclose)
@@ -90,6 +89,27 @@ class WorkerProcess:
         for account_id in changes.removed:
             await gateway.remove_account(account_id)
             self._later(REMOVED_ACCOUNT_GRACE, functools.partial(self._forget, account_id))
+        await self._write_schedules(new, removed=changes.removed)
+
+    async def _write_schedules(
+        self, config: AppConfig | None = None, removed: Iterable[str] = ()
+    ) -> None:
+        """The sweep schedules of ``config`` (default: the configuration in force, read once
+        the lock is held). One writer at a time: the start-up's and a reload's never
+        interleave, and the later one writes the newer file."""
+        async with self._schedules_lock:
+            await _log_failure(
+                asyncio.wait_for(
+                    apply_sweep_schedules(
+                        self.client,
+                        self.settings.task_queue,
+                        config or self.reloader.current,
+                        removed,
+                    ),
+                    SCHEDULES_TIMEOUT,
+                ),
+                "writing the sweep schedules",
+            )
 
     def _lever_accounts(self, config: AppConfig) -> list[Account]:
         configured = {a.id for a in config.accounts}
@@ -108,11 +128,19 @@ class WorkerProcess:
         )
         await log_check_problems(config, log)
 
-    async def _schedules(self, config: AppConfig) -> None:
-        """Every configured account's sweep schedule; those of accounts gone meanwhile dropped."""
-        queue = self.settings.task_queue
-        gone = await unconfigured_schedules(self.client, queue, config)
-        await apply_sweep_schedules(self.client, queue, config, gone)
+    async def _schedules(self) -> None:
+        """Every configured account's sweep schedule; a schedule of an account the file no
+        longer names is reported, not dropped (another worker may run a newer file):
+        ``cli.py remove-account`` drops it."""
+        await self._write_schedules()
+        gone = await unconfigured_schedules(
+            self.client, self.settings.task_queue, self.reloader.current
+        )
+        if gone:
+            log_event(
+                log, "sweep schedules of accounts not in the configuration (cli.py "
+                "remove-account ACCOUNT --yes drops them)", logging.WARNING, accounts=gone,
+            )  # fmt: skip
 
     async def _cancel_deferred(self) -> None:
         for task in list(self._deferred):
@@ -196,7 +224,7 @@ class WorkerProcess:
             # file no longer names: problems are warnings, not fatal.
             checks = asyncio.create_task(self._startup_checks(config))
             schedules = asyncio.create_task(
-                _log_failure(self._schedules(config), "writing the sweep schedules")
+                _log_failure(self._schedules(), "writing the sweep schedules")
             )
             await stop.wait()
             for task in (checks, draining, schedules):

@@ -36,9 +36,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -739,3 +740,94 @@ def test_idempotency_key_counts_the_entries_into_the_stage() -> None:
     assert idempotency_key(ref, 1) == ref  # the first entry: as before re-entries existed
     assert idempotency_key(ref, 0) == ref
     assert idempotency_key(ref, 2) == f"{ref}#2"
+
+
+# --------------------------------------------------------------- the sweep (issue 14)
+
+
+async def test_a_swept_candidate_lives_the_real_week_and_is_left_alone_after(lc: Lifecycle) -> None:
+    """Under time skipping: a candidate whose webhook never came is invited by a sweep;
+    the invitation then runs its real reminders and 7-day expiry (skipped, not shrunk);
+    the sweeps after that leave the expired candidate alone: one invitation in all."""
+    from pylever.contracts.sweep import SweepInput, SweepResult
+    from tests.support.pipeline_support import enter_silently
+    from workflows.sweep import SweepWorkflow
+
+    s = lc.stack
+    since = datetime.now(UTC) - timedelta(seconds=2)
+    opp = s.candidate("Swept Week", "swept.week@example.com")
+    await enter_silently(s, opp, "Py Assessment")
+
+    async def sweep() -> SweepResult:
+        return await unstamped_client(lc.env).execute_workflow(
+            SweepWorkflow.run,
+            SweepInput(account_id="acme", since=since),
+            id=f"lifecycle-sweep-{uuid.uuid4().hex[:8]}",
+            task_queue=s.task_queue,
+            result_type=SweepResult,
+        )
+
+    first = await sweep()
+    assert (first.listed, first.started) == (1, 1), first
+    invitation = await s.invitation(opp)
+    parent_id = assessment_id("acme", opp, PY_ASSESSMENT_STAGE_ID)
+    child = s.client.get_workflow_handle(
+        invitation_workflow_id(parent_id, PY_TESTS["Python Basics"])
+    )
+    assert (
+        await fast_forward(
+            lc, Case(opp, parent_id, child, invitation["id"], datetime.now(UTC)), None
+        )
+        is False
+    )
+    await s.wait_tag(opp, TAG_EXPIRED)
+    reminders = s.py.invitations[invitation["id"]].reminders
+    assert reminders == 2  # at 2 d and 5 d, then the expiry at 7 d
+
+    again = await sweep()
+    assert (again.listed, again.assessed, again.started) == (1, 1, 0), again
+    assert len(s.invitations(opp)) == 1
+
+
+async def test_sweeps_leave_old_and_archived_alone_and_race_a_late_webhook_to_one_invitation(
+    lc: Lifecycle,
+) -> None:
+    """Under time skipping: entries older than the 3-day lookback and archived candidates
+    are not touched; a sweep and the late webhook of the same entry make one invitation."""
+    from pylever.contracts.sweep import SweepInput, SweepResult
+    from tests.support.pipeline_support import enter_silently, post_webhook, signed
+    from workflows.sweep import SweepWorkflow
+
+    s = lc.stack
+    now_ms = int(time.time() * 1000)
+    old = s.lever.create_candidate(
+        name="Sweep Old", emails=["sweep.old@example.com"], stage="Py Assessment",
+        advanced_at=now_ms - int(3.5 * DAY * 1000),
+    )["id"]  # fmt: skip
+    archived = s.lever.create_candidate(
+        name="Sweep Archived", emails=["sweep.archived@example.com"], stage="Py Assessment"
+    )["id"]
+    s.lever.opportunities[archived]["archived"] = {"reason": "hired", "archivedAt": now_ms}
+    late = s.candidate("Sweep Late", "sweep.late@example.com")
+    data = await enter_silently(s, late, "Py Assessment")
+    token = s.config.accounts[0].webhook_signature_tokens[0].get_secret_value()
+
+    sweep = unstamped_client(lc.env).execute_workflow(
+        SweepWorkflow.run,
+        SweepInput(account_id="acme"),
+        id=f"lifecycle-sweep-{uuid.uuid4().hex[:8]}",
+        task_queue=s.task_queue,
+        result_type=SweepResult,
+    )
+    result, response = await asyncio.gather(sweep, post_webhook(s, signed(token, data)))
+    assert response.status_code == 202
+    await s.invitation(late)
+    await asyncio.sleep(1)
+    assert len(s.invitations(late)) == 1
+    assert s.invitations(old) == [] and s.invitations(archived) == []
+    assert result.listed >= 1  # "Sweep Late" (and other tests' recent candidates, assessed)
+    for opp in (old, archived):
+        with pytest.raises(RPCError):
+            await s.client.get_workflow_handle(
+                assessment_id("acme", opp, PY_ASSESSMENT_STAGE_ID)
+            ).describe()

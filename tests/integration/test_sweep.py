@@ -21,10 +21,14 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import ScheduleActionStartWorkflow, WorkflowExecutionStatus
+from temporalio.client import Client, ScheduleActionStartWorkflow, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
+from pylever.clients.triggers import trigger_settings
+from pylever.contracts.records import AssessmentInput
 from pylever.contracts.sweep import SweepInput, SweepMode, SweepResult
+from pylever.temporal.codec import AesGcmCodec, data_converter
+from pylever.temporal.gateway import Gateway
 from pylever.temporal.schedules import (
     apply_sweep_schedules,
     schedule_id,
@@ -39,7 +43,7 @@ from tests.support.pipeline_support import (
     post_webhook,
     signed,
 )
-from workflows.calls import BACKGROUND_PRIORITY_KEY
+from workflows.decisions import BACKGROUND_PRIORITY_KEY
 from workflows.sweep import SweepWorkflow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,6 +84,13 @@ def waiting_in_stage(stack: Stack, name: str, *, days_ago: float = 0, tags: tupl
         stage="Py Assessment",
         advanced_at=entered,
     )["id"]
+
+
+def later_than_the_margin(stack: Stack, opp: str) -> None:
+    """As if the candidate had re-entered two minutes after its last run started: the
+    sweep takes a run that started up to a minute before the entry as having seen it
+    (``gateway.ENTRY_CLOCK_MARGIN``, for Lever's clock against ours)."""
+    stack.lever.opportunities[opp]["lastAdvancedAt"] += 120_000
 
 
 def counter(name: str, **labels: str) -> float:
@@ -148,8 +159,9 @@ async def _closed_sweeps(stack: Stack) -> list[str]:
 async def test_the_sweep_leaves_alone_old_archived_finished_and_decided_candidates(
     stack: Stack,
 ) -> None:
-    since = datetime.now(UTC) - timedelta(seconds=5)
-    old = waiting_in_stage(stack, "Old Entry", days_ago=4)  # before the 3-day lookback
+    # No ``since``: the sweep's own window, the account's sweep_lookback (3 days) back.
+    old = waiting_in_stage(stack, "Old Entry", days_ago=3.1)  # just before the lookback
+    inside = waiting_in_stage(stack, "Inside Entry", days_ago=2.9)  # just inside it
     archived = waiting_in_stage(stack, "Archived Entry")
     stack.lever.opportunities[archived]["archived"] = {"reason": "hired", "archivedAt": 1}
     finished = stack.candidate("Finished Entry", "fin@example.com")
@@ -163,9 +175,10 @@ async def test_the_sweep_leaves_alone_old_archived_finished_and_decided_candidat
     await stack.wait_tag(untested, "Py - No Test Configured")
     lost = waiting_in_stage(stack, "Lost Webhook")
 
-    result = await sweep(stack, since=since - timedelta(days=3))
-    ids_started = {lost}
-    assert result.started == len(ids_started), result
+    result = await sweep(stack)
+    assert result.started == 2, result  # lost and inside (earlier tests' are all assessed)
+    assert (datetime.now(UTC) - result.since) - timedelta(days=3) < timedelta(minutes=1)
+    await stack.invitation(inside)
     assert stack.invitations(old) == [] and stack.invitations(archived) == []
     assert len(stack.invitations(finished)) == 1
     assert stack.invitations(untested) == []
@@ -177,6 +190,65 @@ async def test_the_sweep_leaves_alone_old_archived_finished_and_decided_candidat
     runs = [r async for r in stack.client.list_workflows(f"WorkflowId = '{untested_id}'")]
     assert len(runs) == 1
     await stack.invitation(lost)
+
+
+async def test_the_sweep_and_a_webhook_starting_at_once_make_one_run(stack: Stack) -> None:
+    """Whichever comes first: the gateway's start with an entry time (the sweep) and
+    without (the webhook), at the same moment, for a new entry and for a re-entry after
+    an assessment that ended without an invitation."""
+    gateway = Gateway(stack.client, stack.task_queue)
+    account = stack.config.accounts[0]
+    settings = trigger_settings(stack.config, account, account.triggers[0])
+
+    async def both(opp: str) -> list[str]:
+        input = AssessmentInput(account_id="acme", opportunity_id=opp,
+                                stage_id=PY_ASSESSMENT_STAGE_ID, settings=settings)  # fmt: skip
+        advanced = stack.lever.opportunity(opp)["lastAdvancedAt"]
+        entered = datetime.fromtimestamp(advanced / 1000, UTC)
+        sweep_start = gateway.start_assessment(input, entered_at=entered)
+        webhook_start = gateway.start_assessment(input)
+        started = await asyncio.gather(sweep_start, webhook_start)
+        return sorted(s.status for s in started)
+
+    fresh = stack.candidate("Both Fresh", "both.fresh@example.com")
+    await enter_silently(stack, fresh, "Py Assessment")
+    assert await both(fresh) == ["already_running", "started"]
+    await stack.invitation(fresh)
+
+    # No email: the run ends "error" (rerunnable); the recruiter adds one and moves the
+    # candidate out and back in; the webhook is lost and a sweep meets the webhook's retry.
+    again = stack.candidate("Both Again", None)
+    await stack.move(again, "Py Assessment")
+    await stack.wait_tag(again, "Py - Error: No Email")
+    stack.lever.opportunities[again]["emails"] = ["both.again@example.com"]
+    await enter_silently(stack, again, "lead-new")
+    await enter_silently(stack, again, "Py Assessment")
+    later_than_the_margin(stack, again)
+    assert await both(again) == ["already_running", "started"]
+    await stack.invitation(again)
+    workflow_id = assessment_id("acme", again, PY_ASSESSMENT_STAGE_ID)
+    runs = [r async for r in stack.client.list_workflows(f"WorkflowId = '{workflow_id}'")]
+    assert len(runs) == 2  # the first (error) and one re-run
+
+
+async def test_a_sweep_reruns_what_ended_before_the_last_entry(stack: Stack) -> None:
+    """Moved out and back in after an assessment that sent nothing, webhook lost: the
+    sweep runs it again, as that webhook would have; a sweep right after does not."""
+    opp = stack.candidate("Rerun Entry", "rerun@example.com")
+    await stack.move(opp, "Technical Screen")  # no default test there: not_sent
+    await stack.wait_tag(opp, "Py - No Test Configured")
+    stack.lever.opportunities[opp]["tags"].append("SQL Fundamentals")  # the recruiter's fix
+    await enter_silently(stack, opp, "lead-new")
+    await enter_silently(stack, opp, "Technical Screen")
+    within_margin = await sweep(stack, stage="Technical Screen")
+    assert within_margin.started == 0  # back within a minute of that run: taken as seen
+    later_than_the_margin(stack, opp)
+    first = await sweep(stack, stage="Technical Screen")
+    assert first.started == 1, first
+    invitation = await stack.invitation(opp)
+    assert invitation["test_id"] == PY_TESTS["SQL Fundamentals"]
+    assert (await sweep(stack, stage="Technical Screen")).started == 0
+    assert len(stack.invitations(opp)) == 1
 
 
 async def test_a_sweep_racing_a_late_webhook_sends_one_invitation(stack: Stack) -> None:
@@ -217,6 +289,24 @@ async def test_sweep_lever_calls_run_behind_webhook_work_on_the_account_key(stac
         assert attributes.priority.fairness_key == "globex"
 
 
+async def test_assessments_a_sweep_starts_run_behind_webhook_work(stack: Stack) -> None:
+    lost = waiting_in_stage(stack, "Low Priority")
+    webhooked = stack.candidate("Normal Priority", "normal@example.com")
+    await stack.move(webhooked, "Py Assessment")
+    await stack.invitation(webhooked)
+    await sweep(stack)
+    await stack.invitation(lost)
+
+    async def priority(opp: str) -> tuple[int, str]:
+        workflow_id = assessment_id("acme", opp, PY_ASSESSMENT_STAGE_ID)
+        info = (await stack.client.get_workflow_handle(workflow_id).describe()).raw_description
+        p = info.workflow_execution_info.priority
+        return p.priority_key, p.fairness_key
+
+    assert await priority(lost) == (BACKGROUND_PRIORITY_KEY, "acme")
+    assert await priority(webhooked) == (0, "acme")  # unset: the default (3)
+
+
 # --- schedules ------------------------------------------------------------------------------
 
 
@@ -243,6 +333,13 @@ async def test_schedules_follow_the_configuration(stack: Stack) -> None:
     assert described.schedule.spec.intervals[0].every == timedelta(minutes=5)
     with pytest.raises(RPCError):
         await stack.client.get_schedule_handle(schedule_id(queue, "globex")).describe()
+
+    # A payload key rotation: the schedules are written again under the new key.
+    rotated_codec = AesGcmCodec([bytes(range(32, 64)), PAYLOAD_KEY])
+    rotated = Client(**{**stack.client.config(), "data_converter": data_converter(rotated_codec)})
+    after_rotation = await apply_sweep_schedules(rotated, queue, changed)
+    assert after_rotation.updated == ["acme"], after_rotation
+    assert (await apply_sweep_schedules(rotated, queue, changed)).updated == []
 
     only_globex = base.model_copy(update={"accounts": (globex,)})
     assert await unconfigured_schedules(stack.client, queue, only_globex) == ["acme"]

@@ -821,3 +821,22 @@ def test_sweep_settings_parse_with_off_and_defaults() -> None:
     del base["defaults"]
     plain = parse_config(base).sweep(parse_config(base).accounts[0])
     assert (plain.every, plain.lookback) == (timedelta(minutes=15), timedelta(days=3))
+
+
+def test_command_settings_come_from_the_account_then_defaults() -> None:
+    base = {
+        "service": {"public_url": "https://lever.py.example"},
+        "py": {"api_url": "https://py.example", "api_key": "k", "callback_secret": "s"},
+        "defaults": {"commands_every": "30s", "extend_by": "1d"},
+        "accounts": [
+            {"id": "a", "lever_api_key": "k", "webhook_signature_tokens": ["t"],
+             "triggers": [{"stage": "S"}], "extend_by": "12h"},
+        ],
+    }  # fmt: skip
+    config = parse_config(base)
+    commands = config.commands(config.accounts[0])
+    assert (commands.every, commands.extend_by) == (timedelta(seconds=30), timedelta(hours=12))
+    del base["defaults"]
+    plain = parse_config(base)
+    defaults = plain.commands(plain.accounts[0])
+    assert (defaults.every, defaults.extend_by) == (timedelta(minutes=1), timedelta(hours=12))

@@ -92,15 +92,18 @@ def test_the_rules_and_the_records_are_pure():
 @pytest.mark.parametrize("module", sorted(_of("activities.")))
 def test_activities_know_the_contracts_clients_and_config_only(module: str):
     allowed = ("pylever.contracts", "pylever.clients", "pylever.config", "pylever.ops")
-    # The sweep starts assessments the way the API does: through the gateway.
-    extra = ("pylever.temporal.gateway",) if module == "activities.sweep" else ()
-    assert not _outside(MODULES[module], *allowed, *extra, "activities", "workflows.decisions")
+    assert not _outside(MODULES[module], *allowed, "activities", "workflows.decisions"), module
 
 
-@pytest.mark.parametrize("module", sorted(_of("pylever.clients.") | _of("pylever.config.")))
-def test_clients_and_config_sit_below_temporal_and_edge(module: str):
+@pytest.mark.parametrize("module", sorted(_of("pylever.clients.")))
+def test_clients_sit_below_temporal_and_edge(module: str):
     allowed = ("pylever.contracts", "pylever.config", "pylever.clients", *BOTTOM_OPS)
     assert not _outside(MODULES[module], *allowed), module
+
+
+@pytest.mark.parametrize("module", sorted(_of("pylever.config.")))
+def test_config_sits_below_the_clients(module: str):
+    assert not _outside(MODULES[module], "pylever.contracts", "pylever.config", *BOTTOM_OPS)
 
 
 def test_only_the_temporal_glue_knows_workflows_and_activities():

@@ -313,6 +313,13 @@ class AppConfig(_Model):
                     raise ValueError(
                         f"account {account.id!r}, trigger {trigger.stage!r}: {problem}"
                     ) from None
+            sweep = self.sweep(account)
+            if sweep.every is not None and sweep.lookback < sweep.every:
+                # Entries between two sweeps older than the lookback would never be seen.
+                raise ValueError(
+                    f"account {account.id!r}: sweep_lookback {format_duration(sweep.lookback)} "
+                    f"is shorter than sweep_every {format_duration(sweep.every)}"
+                )
         return self
 
     @property

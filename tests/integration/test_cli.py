@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cli import render_status, waiting_text
+from pylever.ops.commands.status import render_status, waiting_text
 from sandbox.devserver import free_port
 from sandbox.lever import LeverSandbox
 from sandbox.py import PySandbox

@@ -220,13 +220,14 @@ async def test_the_sweep_and_a_webhook_starting_at_once_make_one_run(stack: Stac
     again = stack.candidate("Both Again", None)
     await stack.move(again, "Py Assessment")
     await stack.wait_tag(again, "Py - Error: No Email")
+    workflow_id = assessment_id("acme", again, PY_ASSESSMENT_STAGE_ID)
+    assert (await stack.result(workflow_id)).status == "error"  # closed before the re-entry
     stack.lever.opportunities[again]["emails"] = ["both.again@example.com"]
     await enter_silently(stack, again, "lead-new")
     await enter_silently(stack, again, "Py Assessment")
     later_than_the_margin(stack, again)
     assert await both(again) == ["already_running", "started"]
     await stack.invitation(again)
-    workflow_id = assessment_id("acme", again, PY_ASSESSMENT_STAGE_ID)
     runs = [r async for r in stack.client.list_workflows(f"WorkflowId = '{workflow_id}'")]
     assert len(runs) == 2  # the first (error) and one re-run
 
@@ -237,6 +238,8 @@ async def test_a_sweep_reruns_what_ended_before_the_last_entry(stack: Stack) -> 
     opp = stack.candidate("Rerun Entry", "rerun@example.com")
     await stack.move(opp, "Technical Screen")  # no default test there: not_sent
     await stack.wait_tag(opp, "Py - No Test Configured")
+    screen_id = assessment_id("acme", opp, TECHNICAL_SCREEN_STAGE_ID)
+    assert (await stack.result(screen_id)).status == "not_sent"
     stack.lever.opportunities[opp]["tags"].append("SQL Fundamentals")  # the recruiter's fix
     await enter_silently(stack, opp, "lead-new")
     await enter_silently(stack, opp, "Technical Screen")
@@ -446,3 +449,35 @@ async def test_backfill_refuses_unknown_accounts_and_stages(stack: Stack, tmp_pa
     code, _, err = await backfill(env, "acme", "--since", "last week")
     assert code == 2 and "YYYY-MM-DD" in err
     assert "Traceback" not in err
+
+
+async def test_backfill_draws_a_progress_bar_on_a_terminal(stack: Stack, tmp_path: Path) -> None:
+    import pty
+
+    env = cli_env(stack, tmp_path)
+    waiting_in_stage(stack, "Terminal Tess")
+    main, terminal = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "cli.py"), "backfill", "acme", "--dry-run",
+            cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=terminal,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        os.close(terminal)
+        _, err = await asyncio.wait_for(proc.communicate(), 90)
+        assert proc.returncode == 0, err.decode()
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the terminal is closed and drained
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(main)
+    shown = b"".join(chunks).decode()
+    assert "\r[####################] stages 2/2:" in shown, shown
+    assert "progress: " not in shown
+    assert "Terminal Tess" in shown

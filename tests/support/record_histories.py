@@ -537,11 +537,39 @@ DURABLE_ONLY: dict[str, Recording] = {
     "adopted": record_adopted,
     "account-removed": record_account_removed,
 }
+
+
+async def record_swept(stack: Stack) -> Histories:
+    """A sweep (issue 14) finds one candidate whose webhook never came and starts its
+    assessment: plan, one page listed, one start, the report."""
+    from datetime import UTC, datetime
+
+    from pylever.contracts.sweep import SweepInput, SweepResult
+    from workflows.sweep import SweepWorkflow
+
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    opp = stack.candidate("Replay Swept", "replay.swept@example.com")
+    with webhooks_off(stack.lever):
+        await stack.lever.move_candidate(opp, "Py Assessment")
+    workflow_id = "replay-sweep-acme"
+    result = await unstamped_client(stack.env).execute_workflow(
+        SweepWorkflow.run,
+        SweepInput(account_id="acme", since=since),
+        id=workflow_id,
+        task_queue=stack.task_queue,
+        result_type=SweepResult,
+    )
+    assert (result.listed, result.started) == (1, 1), result
+    await stack.invitation(opp)
+    return {"sweep-swept": await history(stack, workflow_id)}
+
+
 MORE: dict[str, Recording] = {  # of the durable shape only; the group ``more`` names them all
     "unconfirmed": record_unconfirmed,
     "lever-gone": record_lever_gone,
     "contract-error": record_contract_error,
     "cancel-holds-result": record_cancel_holds_result,
+    "swept": record_swept,
 }
 
 

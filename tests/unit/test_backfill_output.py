@@ -8,8 +8,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cli import backfill_summary, backfill_table, parse_since, progress_text
 from pylever.contracts.sweep import SweepMode, SweepResult, SweptCandidate
+from pylever.ops.commands.backfill import (
+    backfill_summary,
+    backfill_table,
+    parse_since,
+    progress_text,
+)
 
 
 def test_progress_bar_fills_with_the_stages_done() -> None:

@@ -840,3 +840,17 @@ def test_command_settings_come_from_the_account_then_defaults() -> None:
     plain = parse_config(base)
     defaults = plain.commands(plain.accounts[0])
     assert (defaults.every, defaults.extend_by) == (timedelta(minutes=1), timedelta(hours=12))
+
+
+def test_a_lookback_shorter_than_the_sweep_interval_is_refused() -> None:
+    base = {
+        "service": {"public_url": "https://lever.py.example"},
+        "py": {"api_url": "https://py.example", "api_key": "k", "callback_secret": "s"},
+        "defaults": {"sweep_every": "1h", "sweep_lookback": "30m"},
+        "accounts": [{"id": "a", "lever_api_key": "k", "webhook_signature_tokens": ["t"],
+                      "triggers": [{"stage": "S"}]}],
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="sweep_lookback 30m is shorter than sweep_every 1h"):
+        parse_config(base)
+    base["accounts"][0]["sweep_every"] = "off"  # type: ignore[index]
+    parse_config(base)  # no sweep: no gap

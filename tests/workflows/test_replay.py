@@ -124,6 +124,7 @@ from pylever.contracts.records import (
     Withdrawal,
     WithdrawInput,
 )
+from pylever.contracts.sweep import SweepInput, SweepResult
 from pylever.temporal.codec import AesGcmCodec, data_converter
 from tests.support import record_histories
 from tests.support.integration_stack import PAYLOAD_KEY
@@ -132,6 +133,7 @@ from workflows.assessment import AssessmentWorkflow
 from workflows.calls import LeverOps as _LeverOps
 from workflows.invitation import InvitationWorkflow
 from workflows.remove_account import RemoveAccountWorkflow
+from workflows.sweep import SweepWorkflow
 from workflows.versions import DURABLE
 from workflows.withdraw import WithdrawCandidateWorkflow
 
@@ -498,6 +500,16 @@ DURABLE_CLAIMS: dict[str, Claim] = {
         (_P, "cancel-requested", "completed"),  # no callback
         parent=f"{_D}assessment-cancel-holds-result",
     ),
+    f"{_D}sweep-swept": Claim(
+        (
+            "sweep.plan",
+            "lever.list_waiting",  # "Py Assessment": the one candidate
+            "sweep.start_waiting",
+            "lever.list_waiting",  # "Technical Screen": nobody
+            "sweep.report",
+        ),
+        ("completed",),  # no patch: SweepWorkflow shipped after DURABLE
+    ),
 }
 CLAIMS: dict[str, Claim] = {**SHIPPED_CLAIMS, **DURABLE_CLAIMS}
 SAVED = tuple(CLAIMS)
@@ -583,6 +595,7 @@ def replayer(*workflows: type) -> Replayer:
                 InvitationWorkflow,
                 WithdrawCandidateWorkflow,
                 RemoveAccountWorkflow,
+                SweepWorkflow,
             )
         ),
         data_converter=data_converter(AesGcmCodec([PAYLOAD_KEY])),
@@ -629,7 +642,9 @@ async def _check_and_replay(recorded: dict[str, WorkflowHistory]) -> None:
     assert results.replay_failures == {}
 
 
-_NAME = re.compile(r"(durable-)?(assessment|invitation|withdraw|remove-account)-(.+?)(?:-\d+)?")
+_NAME = re.compile(
+    r"(durable-)?(assessment|invitation|withdraw|remove-account|sweep)-(.+?)(?:-\d+)?"
+)
 
 
 def _group_of(name: str) -> str:
@@ -672,10 +687,10 @@ def test_the_saved_files_are_the_claimed_ones() -> None:
 def test_each_set_is_of_its_shape(name: str) -> None:
     """The shipped set has no ``workflow.patched`` marker (replayed, its executions take
     ``workflows.shipped_v1``); the durable set's first command is the DURABLE marker (but
-    for ``RemoveAccountWorkflow``, which has none)."""
+    for ``RemoveAccountWorkflow`` and ``SweepWorkflow``, which have none)."""
     history = load(name)
     patches = [p for e in history.events if (p := patch_id(e)) is not None]
-    if _set_of(name) == "shipped" or _type_of(name) == "remove-account":
+    if _set_of(name) == "shipped" or _type_of(name) in ("remove-account", "sweep"):
         assert patches == [], name
     else:
         assert patches == [DURABLE], name
@@ -962,13 +977,13 @@ def test_saved_histories_hold_no_clear_text_payloads(name: str) -> None:
     assert all(p[-2] == "indexedFields" for p in plain), plain
     # The marker holds the patch id and nothing else; so does the search attribute that
     # ``workflow.patched`` upserts with it (TemporalChangeVersion).
-    durable = _set_of(name) == "durable" and _type_of(name) != "remove-account"
+    durable = _set_of(name) == "durable" and _type_of(name) not in ("remove-account", "sweep")
     assert markers == ([{"id": DURABLE, "deprecated": False}] if durable else []), markers
-    # The withdraw and remove-account workflows set no search attribute of their own
-    # (gateway.withdraw_candidate, gateway.remove_account): no clear text at all but the
-    # patch's; the others upsert theirs.
+    # The withdraw, remove-account and sweep workflows set no search attribute of their own
+    # (gateway.withdraw_candidate, gateway.remove_account, the sweep's schedule): no clear
+    # text at all but the patch's; the others upsert theirs.
     ours = [p for p in plain if p[-1] != "TemporalChangeVersion"]
-    assert bool(ours) is not (_type_of(name) in ("withdraw", "remove-account")), plain
+    assert bool(ours) is not (_type_of(name) in ("withdraw", "remove-account", "sweep")), plain
     assert any(p[-1] == "TemporalChangeVersion" for p in plain) is durable, plain
 
 
@@ -1084,13 +1099,32 @@ class WaitsBeforeListing(RemoveAccountWorkflow):
         return await super().run(input)
 
 
+@workflow.defn(name="SweepWorkflow", sandboxed=False)
+class UnchangedSweep(SweepWorkflow):
+    @workflow.run
+    async def run(self, input: SweepInput) -> SweepResult:
+        return await super().run(input)
+
+
+@workflow.defn(name="SweepWorkflow", sandboxed=False)
+class WaitsBeforePlanning(SweepWorkflow):
+    """Waits before its plan: a timer moves ahead of the first activity."""
+
+    @workflow.run
+    async def run(self, input: SweepInput) -> SweepResult:
+        await workflow.sleep(1)
+        return await super().run(input)
+
+
 _VARIANT_OF = {
+    "sweep": WaitsBeforePlanning,
     "assessment": ReorderedAssessment,
     "invitation": TagsBeforeInviting,
     "withdraw": WaitsBeforeSignalling,
     "remove-account": WaitsBeforeListing,
 }
 _SAFE_VARIANT_OF = {
+    "sweep": UnchangedSweep,
     "assessment": UnchangedAssessment,
     "invitation": PatchedInvitation,
     "withdraw": UnchangedWithdraw,

@@ -24,8 +24,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from cli import render_status
 from pylever.contracts import search_attributes as sa
+from pylever.ops.commands.status import render_status
 from pylever.temporal.codec import AesGcmCodec, data_converter, generate_key
 from pylever.temporal.gateway import Gateway
 from sandbox.devserver import start_dev_server

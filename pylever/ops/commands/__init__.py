@@ -1,0 +1,1 @@
+"""The operator commands of ``cli.py``, one module per command family."""

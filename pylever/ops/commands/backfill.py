@@ -6,10 +6,7 @@ import argparse
 import asyncio
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TextIO
-
-if TYPE_CHECKING:
-    pass
+from typing import Any, TextIO
 
 from pylever.ops.commands.common import (
     EXIT_OK,

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    pass
-
+from typing import Any
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2

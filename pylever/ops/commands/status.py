@@ -7,13 +7,10 @@ import json
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 from urllib.parse import quote
 
 import httpx
-
-if TYPE_CHECKING:
-    pass
 
 from pylever.ops.commands.common import (
     DEFAULT_API_URL,

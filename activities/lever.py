@@ -32,6 +32,12 @@ from activities.errors import activity_errors
 from pylever.clients.http import Params
 from pylever.clients.lever import LeverClient
 from pylever.contracts.activities import LeverActivity
+from pylever.contracts.commands import (
+    COMMAND_TAGS,
+    CommandedCandidate,
+    CommandedPage,
+    ListCommanded,
+)
 from pylever.contracts.errors import UNKNOWN_ACCOUNT, ApiError, AuthError
 from pylever.contracts.records import (
     Candidate,
@@ -224,3 +230,31 @@ class LeverActivities:
             ),
             next_offset=next_offset,
         )
+
+    @LeverActivity.list_commanded.implementation
+    async def list_commanded(self, req: ListCommanded) -> CommandedPage:
+        """One page of the account's opportunities carrying any command tag: one request
+        (Lever's repeated ``tag`` filter matches any of them)."""
+        client = await self._client(req.account_id)
+        params: Params = {"tag": list(COMMAND_TAGS), "limit": LIST_PAGE_SIZE}
+        with self._lever_calls(req.account_id):
+            opportunities, next_offset = await client.opportunities_page(params, req.offset)
+        return CommandedPage(
+            candidates=tuple(
+                CommandedCandidate(
+                    opportunity_id=opp.id,
+                    tags=tuple(t for t in opp.tags if t in COMMAND_TAGS),
+                )
+                for opp in opportunities
+                if any(t in COMMAND_TAGS for t in opp.tags)
+            ),
+            next_offset=next_offset,
+        )
+
+    @LeverActivity.read_tags.implementation
+    async def read_tags(self, req: OpportunityRef) -> tuple[str, ...]:
+        """The opportunity's tags now (a recruiter's command tags among them)."""
+        client = await self._client(req.account_id)
+        with self._lever_calls(req.account_id):
+            opp = await client.get_opportunity(req.opportunity_id)
+        return tuple(opp.tags)

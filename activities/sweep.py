@@ -71,15 +71,7 @@ class SweepActivities:
         self._config = config
 
     def _account(self, account_id: str) -> tuple[Account, LeverClient]:
-        account = self._config.account(account_id)
-        client = self._levers.get(account_id) if account is not None else None
-        if account is None or client is None:
-            raise ApplicationError(
-                f"account {account_id!r} is not in this worker's configuration",
-                type=UNKNOWN_ACCOUNT,
-                non_retryable=True,
-            )
-        return account, client
+        return configured_account(self._config, self._levers, account_id)
 
     @SweepActivity.plan.implementation
     async def plan(self, req: SweepPlanRequest) -> SweepPlan:
@@ -88,18 +80,11 @@ class SweepActivities:
         with activity_errors():
             if req.stage is not None:
                 wanted = await self._resolve(client, req.stage)
-            stages: list[PlannedStage] = []
-            for trigger in account.triggers:
-                try:
-                    stage_id = await client.resolve_stage(trigger.stage)
-                except UnknownStageError:
-                    log_event(log, "trigger stage not found in Lever", logging.WARNING,
-                              account=account.id, stage=trigger.stage)  # fmt: skip
-                    continue
-                if wanted is None or stage_id == wanted:
-                    settings = trigger_settings(self._config, account, trigger)
-                    name = client.stage_name(stage_id) or trigger.stage
-                    stages.append(PlannedStage(stage_id=stage_id, name=name, settings=settings))
+            stages = [
+                s
+                for s in await planned_stages(self._config, account, client)
+                if wanted is None or s.stage_id == wanted
+            ]
         if wanted is not None and not stages:
             raise ApplicationError(
                 f"{req.stage!r} is not a trigger stage of account {account.id!r}",
@@ -168,6 +153,40 @@ class SweepActivities:
         else:
             log_event(log, f"{req.mode.value} done", account=req.account_id,
                       no_test=req.no_test, **counts)  # fmt: skip
+
+
+def configured_account(
+    config: AppConfig, levers: LeverClients, account_id: str
+) -> tuple[Account, LeverClient]:
+    """The account and its Lever client; one the configuration lacks fails for good."""
+    account = config.account(account_id)
+    client = levers.get(account_id) if account is not None else None
+    if account is None or client is None:
+        raise ApplicationError(
+            f"account {account_id!r} is not in this worker's configuration",
+            type=UNKNOWN_ACCOUNT,
+            non_retryable=True,
+        )
+    return account, client
+
+
+async def planned_stages(
+    config: AppConfig, account: Account, client: LeverClient
+) -> list[PlannedStage]:
+    """The account's trigger stages now (names resolved through Lever's cached stage list),
+    each with the settings a webhook would snapshot; a stage Lever lacks is reported."""
+    stages: list[PlannedStage] = []
+    for trigger in account.triggers:
+        try:
+            stage_id = await client.resolve_stage(trigger.stage)
+        except UnknownStageError:
+            log_event(log, "trigger stage not found in Lever", logging.WARNING,
+                      account=account.id, stage=trigger.stage)  # fmt: skip
+            continue
+        settings = trigger_settings(config, account, trigger)
+        name = client.stage_name(stage_id) or trigger.stage
+        stages.append(PlannedStage(stage_id=stage_id, name=name, settings=settings))
+    return stages
 
 
 def _resumed(req: StartWaiting) -> list[StartedCandidate]:

@@ -302,6 +302,16 @@ class LeverSandbox:
     def opportunity(self, opportunity_id: str) -> JSON:
         return copy.deepcopy(self._opp(opportunity_id))
 
+    def recruiter_tags(
+        self, opportunity_id: str, *, add: Sequence[str] = (), remove: Sequence[str] = ()
+    ) -> JSON:
+        """A recruiter edits the candidate's tags in Lever's UI (no webhook, no API write)."""
+        opp = self._opp(opportunity_id)
+        opp["tags"].extend(_unique_new(list(add), opp["tags"]))
+        opp["tags"] = [t for t in opp["tags"] if t not in remove]
+        opp["updatedAt"] = now_ms()
+        return copy.deepcopy(opp)
+
     def api_writes(self, opportunity_id: str) -> list[JSON]:
         """API writes to one opportunity: ``{at, op, values, changed}``, oldest first."""
         return copy.deepcopy(self.writes.get(opportunity_id, []))
@@ -759,12 +769,10 @@ class LeverSandbox:
         return JSONResponse(self.writes.get(request.path_params["id"], []))
 
     async def _c_tags(self, request: Request) -> Response:
-        opp = self._opp(request.path_params["id"])
         body = await read_json_object(request)
-        add, remove = str_list(body, "add"), str_list(body, "remove")
-        opp["tags"].extend(_unique_new(add, opp["tags"]))
-        opp["tags"] = [t for t in opp["tags"] if t not in remove]
-        opp["updatedAt"] = now_ms()
+        opp = self.recruiter_tags(
+            request.path_params["id"], add=str_list(body, "add"), remove=str_list(body, "remove")
+        )
         return JSONResponse(opp)
 
     async def _c_stage(self, request: Request) -> Response:

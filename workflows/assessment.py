@@ -154,6 +154,8 @@ class AssessmentWorkflow(AssessmentV1):
 
         settings = input.settings
         names = decisions.names_to_look_up(candidate.tags, settings.default_test)
+        if input.retake_tests:
+            names = []  # a recruiter's retake: the same tests again, no choice
         try:
             py_tests: dict[str, str] = (
                 await py_call(PyActivity.find_tests, FindTests(names=tuple(names))) if names else {}
@@ -166,7 +168,11 @@ class AssessmentWorkflow(AssessmentV1):
             return self._end(Status.ERROR, f"cannot list Py's tests: {error_message(exc)}")
         if (removed := self._account_removed()) is not None:
             return removed  # nothing more goes to Lever (no "No Test" / "No Email" tag)
-        choice = decisions.choose_tests(candidate.tags, py_tests, settings.default_test)
+        choice = (
+            decisions.Choice(tests=input.retake_tests)
+            if input.retake_tests
+            else decisions.choose_tests(candidate.tags, py_tests, settings.default_test)
+        )
         if not choice.tests:
             return await self._end_tagged(
                 lever, decisions.TAG_NO_TEST, Status.NOT_SENT, choice.reason
@@ -181,6 +187,10 @@ class AssessmentWorkflow(AssessmentV1):
             )
 
         stale = decisions.stale_tags(candidate.tags)
+        if input.retake and len(choice.tests) > 1:
+            # A retake of several tests: their verdicts come one by one, so the earlier
+            # verdicts go now (one test's retake replaces its verdict when it arrives).
+            stale = (*stale, *decisions.verdict_tags(candidate.tags))
         if stale:
             # A re-run after "No Test Configured", "No Email", ...: that tag is no longer true.
             try:
@@ -223,7 +233,7 @@ class AssessmentWorkflow(AssessmentV1):
         results = [*await self._child_results(), *busy]
         reason = decisions.reason_after_withdrawn_children(
             self.state.withdrawal.reason if self.state.withdrawal is not None else None
-        )
+        ) or decisions.reason_of_cancelled_children(results)
         if len(choice.tests) > 1 and self.state.withdrawal is None:
             reason = await self._conclude_several(lever, results)
         return self._end(decisions.overall_status(results), reason, tuple(results))
@@ -258,6 +268,7 @@ class AssessmentWorkflow(AssessmentV1):
                 stage_entry=candidate.stage_entries,
                 tests_in_assessment=len(choice.tests),
                 adopt_invitation_id=earlier.get(child_ids[test.id]),
+                retake=input.retake,
             ),
             id=child_ids[test.id],
             parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,

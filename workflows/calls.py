@@ -60,6 +60,7 @@ _FINAL_CLASSES = (
 FINAL_ERRORS = [*(cls.__name__ for cls in _FINAL_CLASSES), PY_CONTRACT_ERROR]
 START_TO_CLOSE = timedelta(seconds=15)  # the clients time out after 10 s
 SETUP_HORIZON = timedelta(days=1)
+COMMAND_HORIZON = timedelta(hours=1)  # a recruiter's command: tried for an hour, then refused
 DURABLE_MARGIN = timedelta(
     days=7
 )  # beyond expire_after: how long a live invitation's writes are retried
@@ -219,6 +220,7 @@ async def call(stub: Activity[ArgT, ResultT], arg: ArgT, **options: Any) -> Resu
 
 
 __all__ = [
+    "COMMAND_HORIZON",
     "DURABLE_RETRY",
     "FINAL_ERRORS",
     "SETUP_RETRY",

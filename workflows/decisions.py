@@ -14,6 +14,12 @@ from enum import Enum
 
 from temporalio.common import Priority
 
+from pylever.contracts.commands import (
+    COMMAND_TAGS,
+    AssessmentTarget,
+    CommandKind,
+    CommandTargets,
+)
 from pylever.contracts.records import (
     ChosenTest,
     InvitationRecord,
@@ -56,7 +62,7 @@ def invitation_workflow_id(assessment_id: str, test_id: str) -> str:
     return f"{assessment_id}:{test_id}"
 
 
-def idempotency_key(reference: str, stage_entry: int) -> str:
+def idempotency_key(reference: str, stage_entry: int, retake: int = 0) -> str:
     """Py's ``Idempotency-Key`` for an invitation: one invitation per entry into the stage.
 
     The first entry uses the reference (the child's workflow id) as it is; the n-th
@@ -64,8 +70,12 @@ def idempotency_key(reference: str, stage_entry: int) -> str:
     assessment may run again, see ``models.RERUNNABLE``) appends ``#n``. Retries
     and re-delivered webhooks of the same entry keep the key, so Py answers with
     the same invitation.
+
+    A recruiter's n-th ``Py - Retake`` of the assessment appends ``#retake<n>``: a new
+    invitation for the same test.
     """
-    return reference if stage_entry <= 1 else f"{reference}#{stage_entry}"
+    key = reference if stage_entry <= 1 else f"{reference}#{stage_entry}"
+    return key if retake <= 0 else f"{key}#retake{retake}"
 
 
 _REFERENCE = re.compile(rf"{WORKFLOW_ID_PREFIX}:[^:\s]+:[^:\s]+:[^:\s]+:[^:\s]+")
@@ -184,13 +194,20 @@ class TagChange:
     remove: tuple[str, ...] = field(default_factory=tuple)
 
 
-def tags_on_result(verdict: Verdict, *, last: bool = True) -> TagChange:
+def tags_on_result(verdict: Verdict, *, last: bool = True, retake: bool = False) -> TagChange:
     """The verdict tag; the in-progress tags go only with the candidate's last open test.
 
     With several tests (one child workflow each), ``last`` is False for every test
-    and the parent clears the in-progress tags once all have finished.
+    and the parent clears the in-progress tags once all have finished. A retake's
+    verdict replaces the earlier one (and an earlier ``Py - Expired``).
     """
-    return TagChange(add=(VERDICT_TAGS[verdict],), remove=IN_PROGRESS_TAGS if last else ())
+    remove = IN_PROGRESS_TAGS if last else ()
+    if retake:
+        earlier = tuple(
+            t for t in (*VERDICT_TAGS.values(), TAG_EXPIRED) if t != VERDICT_TAGS[verdict]
+        )
+        remove = (*remove, *earlier)
+    return TagChange(add=(VERDICT_TAGS[verdict],), remove=remove)
 
 
 # Tags of an earlier run that ended without an invitation (SPEC section 6: such a run is
@@ -202,6 +219,12 @@ def stale_tags(candidate_tags: Iterable[str]) -> tuple[str, ...]:
     """Tags left by an earlier run that an invitation now being sent makes untrue."""
     present = set(candidate_tags)
     return tuple(t for t in OUTCOME_OF_A_RUN_WITHOUT_RESULT if t in present)
+
+
+def verdict_tags(candidate_tags: Iterable[str]) -> tuple[str, ...]:
+    """The verdict tags the candidate carries."""
+    present = set(candidate_tags)
+    return tuple(t for t in VERDICT_TAGS.values() if t in present)
 
 
 def tags_on_expiry(*, last: bool = True) -> TagChange:
@@ -219,6 +242,8 @@ def tags_on_withdrawal(reason: str) -> TagChange:
 
 ACCOUNT_REMOVED = "account_removed"  # a ``Withdrawal.reason``: the account left the configuration
 ACCOUNT_REMOVED_TEXT = "account removed from configuration"
+RECRUITER_CANCELLED = "recruiter_cancelled"  # a ``Withdrawal.reason``: the ``Py - Cancel`` tag
+RECRUITER_CANCELLED_TEXT = "cancelled by a recruiter (Py - Cancel)"
 # Withdrawals that write nothing to Lever: the candidate is gone (deleted), or the customer
 # left (its Lever key may already be revoked).
 _NO_LEVER_WRITES = frozenset({"deleted", ACCOUNT_REMOVED})
@@ -235,6 +260,8 @@ def withdrawal_reason_text(reason: str) -> str:
     ``account removed from configuration``."""
     if reason == ACCOUNT_REMOVED:
         return ACCOUNT_REMOVED_TEXT
+    if reason == RECRUITER_CANCELLED:
+        return RECRUITER_CANCELLED_TEXT
     return f"candidate {reason}"
 
 
@@ -248,7 +275,18 @@ def withdrawal_stops_lever_calls(reason: str) -> bool:
 def reason_after_withdrawn_children(reason: str | None) -> str | None:
     """The reason an assessment gives when it ends after its withdrawn children: only an
     account removal names itself (an archive or delete keeps ending without one)."""
-    return ACCOUNT_REMOVED_TEXT if reason == ACCOUNT_REMOVED else None
+    if reason == ACCOUNT_REMOVED:
+        return ACCOUNT_REMOVED_TEXT
+    return RECRUITER_CANCELLED_TEXT if reason == RECRUITER_CANCELLED else None
+
+
+def reason_of_cancelled_children(results: Sequence[InvitationResult]) -> str | None:
+    """An assessment whose invitations a recruiter cancelled (``Py - Cancel``) says so."""
+    if results and all(
+        r.status is Status.CANCELLED and r.error == RECRUITER_CANCELLED_TEXT for r in results
+    ):
+        return RECRUITER_CANCELLED_TEXT
+    return None
 
 
 # --- time ----------------------------------------------------------------------
@@ -344,3 +382,75 @@ def summary(
         parts.append(test)
     parts.append(status.value if verdict is None else f"{status.value} ({verdict.value})")
     return " · ".join(parts)
+
+
+# --- recruiter commands ------------------------------------------------------------
+
+
+def commands_in_order(tags: Iterable[str]) -> tuple[CommandKind, ...]:
+    """The command tags among ``tags``, in the order they are applied: Cancel, Retake,
+    Extend, Resend (a Cancel and a Retake together restart the test; an Extend or a
+    Resend after a Cancel has nothing left to act on)."""
+    present = set(tags)
+    return tuple(kind for kind in CommandKind if kind.value in present)
+
+
+def is_command_tag(tag: str) -> bool:
+    return tag in COMMAND_TAGS
+
+
+@dataclass(frozen=True)
+class CommandSteps:
+    """Where one command goes: the open invitations (Resend, Extend, Cancel), or the
+    finished assessments to retake; none, with the reason it does not apply."""
+
+    invitations: tuple[str, ...] = ()
+    retakes: tuple[AssessmentTarget, ...] = ()
+    not_applicable: str | None = None
+
+
+def command_steps(command: CommandKind, targets: CommandTargets) -> CommandSteps:
+    """What ``command`` acts on among the candidate's assessments (one per trigger stage)."""
+    assessments = targets.assessments
+    if not assessments:
+        return CommandSteps(not_applicable="the candidate has no Py assessment")
+    if command is CommandKind.RETAKE:
+        finished = tuple(a for a in assessments if not a.running and a.finished_tests)
+        if finished:
+            return CommandSteps(retakes=finished)
+        if any(a.running for a in assessments):
+            return CommandSteps(
+                not_applicable="the test is still open (Py - Cancel it first to retake it)"
+            )
+        return CommandSteps(not_applicable=f"no finished test to retake ({_latest(assessments)})")
+    invitations = tuple(i for a in assessments if a.running for i in a.open_invitations)
+    if invitations:
+        return CommandSteps(invitations=invitations)
+    return CommandSteps(not_applicable=f"no open invitation ({_latest(assessments)})")
+
+
+def _latest(assessments: Sequence[AssessmentTarget]) -> str:
+    statuses = ", ".join(f"{a.status.value if a.status else 'unknown'}" for a in assessments)
+    return f"the assessment is {statuses}" if len(assessments) == 1 else f"assessments: {statuses}"
+
+
+def invitation_command_refusal(
+    command: CommandKind,
+    status: Status,
+    *,
+    invitation_id: str | None,
+    settled: bool,
+    expiring: bool,
+) -> str | None:
+    """Why an invitation cannot take ``command`` now (None: it can)."""
+    if command is CommandKind.RETAKE:
+        return "a retake is for a finished test"
+    if status not in (Status.INVITED, Status.STARTED) or invitation_id is None:
+        if status is Status.RESOLVING:
+            return "the invitation is not sent yet"
+        return f"the test is {status.value}"
+    if settled:
+        return "the test is finishing"
+    if expiring and command is not CommandKind.CANCEL:
+        return "the invitation is expiring now"
+    return None

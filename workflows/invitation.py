@@ -29,6 +29,7 @@ Executions started before these promises run the shipped shape
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -50,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
     import workflows.decisions as decisions
     from pylever.contracts import search_attributes as sa
     from pylever.contracts.activities import Activity, PyActivity
+    from pylever.contracts.commands import Command, CommandKind, CommandOutcome
     from pylever.contracts.errors import PY_CONTRACT_ERROR, NotFoundError
     from pylever.contracts.records import (
         CreateInvitation,
@@ -61,14 +63,30 @@ with workflow.unsafe.imports_passed_through():
         Verdict,
         Withdrawal,
     )
-    from workflows.calls import LeverOps, durable_horizon, error_message, failure_type, py_call
+    from workflows.calls import (
+        COMMAND_HORIZON,
+        SETUP_RETRY,
+        START_TO_CLOSE,
+        LeverOps,
+        call,
+        durable_horizon,
+        error_message,
+        failure_type,
+        py_call,
+    )
     from workflows.decisions import Halt, Outcome
     from workflows.shipped_v1 import InvitationV1
     from workflows.versions import DURABLE
 _FINISHED_AT_PY = ("completed", "expired", "cancelled")  # nothing more will happen at Py
+_ENDED = (Status.COMPLETED, Status.EXPIRED, Status.CANCELLED, Status.ERROR)
 
 ArgT = TypeVar("ArgT")
 ResultT = TypeVar("ResultT")
+
+
+def _fixed(at: datetime) -> Callable[[], datetime]:
+    """A due time no command moves (a reminder's)."""
+    return lambda: at
 
 
 def _halt_reason(exc: ActivityError) -> Halt | None:
@@ -99,6 +117,9 @@ class InvitationState:
     verdict: Verdict | None = None
     score: float | None = None
     error: str | None = None  # the last one
+    extended_seconds: int = 0  # recruiters' ``Py - Extend``: added to the expiry
+    expiring: bool = False  # the expiry checkpoint has begun
+    commands: list[CommandOutcome] = field(default_factory=list)  # recruiters' commands
 
 
 @workflow.defn
@@ -115,6 +136,7 @@ class InvitationWorkflow(InvitationV1):
         self._cosmetic: asyncio.Task[None] | None = None  # the last queued cosmetic tag write
         self._creating: asyncio.Task[InvitationRecord] | None = None  # Py creating it
         self._writing: asyncio.Task[None] | None = None  # deciding and writing the outcome
+        self._v1 = False  # running the shipped shape (no recruiter commands)
 
     # --- signals and queries -------------------------------------------------
 
@@ -140,6 +162,37 @@ class InvitationWorkflow(InvitationV1):
         if self.state.withdrawal is None:
             self.state.withdrawal = withdrawal
 
+    @workflow.update(name="command")
+    async def command(self, command: Command) -> CommandOutcome:
+        """A recruiter's command tag (``workflows/commands.py``): applied now, or refused
+        with the reason. Either way it is recorded here (history, memo, details)."""
+        state = self.state
+        refusal = (
+            "this invitation started before recruiter commands existed"
+            if self._v1
+            else decisions.invitation_command_refusal(
+                command.kind,
+                state.status,
+                invitation_id=state.invitation_id,
+                settled=self._settled() or self._writing is not None,
+                expiring=state.expiring,
+            )
+        )
+        if refusal is not None:
+            return self._record(command, False, refusal)
+        assert state.invitation_id is not None
+        match command.kind:
+            case CommandKind.RESEND:
+                return await self._resend(command, state.invitation_id)
+            case CommandKind.EXTEND:
+                state.extended_seconds += command.extend_by_seconds
+                expiry = self._expiry()
+                return self._record(command, True, f"expiry moved to {expiry.isoformat()}")
+            case CommandKind.CANCEL:
+                return await self._recruiter_cancel(command)
+            case _:  # a retake goes to a finished assessment, never here (refused above)
+                raise AssertionError(command.kind)
+
     @workflow.query(name="status")
     def status(self) -> dict[str, object]:
         return self._details()
@@ -149,6 +202,7 @@ class InvitationWorkflow(InvitationV1):
     @workflow.run
     async def run(self, input: InvitationInput) -> InvitationResult:
         if not workflow.patched(DURABLE):
+            self._v1 = True
             return await self._run_v1(input)
         workflow.upsert_search_attributes(
             [
@@ -166,6 +220,7 @@ class InvitationWorkflow(InvitationV1):
                 raise
             if await self._cancelled():
                 raise CancelledError("cancelled by an operator") from None
+        await workflow.wait_condition(workflow.all_handlers_finished)  # a command answering
         return self._result()
 
     async def _follow(self, input: InvitationInput) -> None:
@@ -213,7 +268,7 @@ class InvitationWorkflow(InvitationV1):
             candidate_name=input.candidate_name,
             candidate_email=input.candidate_email,
             idempotency_key=decisions.idempotency_key(
-                workflow.info().workflow_id, input.stage_entry
+                workflow.info().workflow_id, input.stage_entry, input.retake
             ),
         )
         # Shielded: an operator cancel while Py creates it must still learn its id to cancel it.
@@ -275,32 +330,54 @@ class InvitationWorkflow(InvitationV1):
         for checkpoint in decisions.checkpoints(
             settings.reminders_seconds, settings.expire_after_seconds
         ):
-            due = state.sent_at + timedelta(seconds=checkpoint.at_seconds)
-            state.next_check = due
+            due: Callable[[], datetime] = (
+                self._expiry  # a recruiter's Extend moves it while we wait
+                if checkpoint.kind == "expiry"
+                else _fixed(state.sent_at + timedelta(seconds=checkpoint.at_seconds))
+            )
+            state.next_check = due()
             self._set_status(state.status)  # refresh the details with the next check
             if await self._wait_until(due):
                 return
             if await self._check_at_py(invitation_id, checkpoint.kind):
                 return
 
-    async def _wait_until(self, due: datetime) -> bool:
+    def _wake(self, extended: int) -> bool:
+        """What ends a wait early: settled, a start to tag, an Extend since ``extended``."""
+        return self._settled() or self._started_pending() or self.state.extended_seconds != extended
+
+    def _expiry(self) -> datetime:
+        """When the invitation expires: ``expire_after`` after it was sent, plus extensions."""
+        state = self.state
+        assert state.sent_at is not None
+        seconds = self._input.settings.expire_after_seconds + state.extended_seconds
+        return state.sent_at + timedelta(seconds=seconds)
+
+    async def _wait_until(self, due: Callable[[], datetime]) -> bool:
         """Wait for the due time, tagging ``Py - Started`` on the way. True: settled first."""
+        state = self.state
         while not self._settled():
-            remaining = due - workflow.now()
+            extended = state.extended_seconds
+            remaining = due() - workflow.now()
             if remaining <= timedelta(0):
                 return False
             try:
                 await workflow.wait_condition(
-                    lambda: self._settled() or self._started_pending(), timeout=remaining
+                    functools.partial(self._wake, extended), timeout=remaining
                 )
             except TimeoutError:
                 return self._settled()
             if self._started_pending():
                 self._tag_started()
+            if state.extended_seconds != extended and state.next_check != due():
+                state.next_check = due()  # an Extend moved the expiry we wait for
+                self._set_status(state.status)
         return True
 
     async def _check_at_py(self, invitation_id: str, kind: str) -> bool:
         """A checkpoint: a lost result is taken from Py; else remind, or expire. True: settled."""
+        if kind == "expiry":
+            self.state.expiring = True  # an Extend from now on comes too late
         current = await self._py(PyActivity.get_invitation, invitation_id)
         if current is not None and current.status in _FINISHED_AT_PY:
             self._take(current)
@@ -475,7 +552,13 @@ class InvitationWorkflow(InvitationV1):
         alone = self._input.tests_in_assessment <= 1
         await self._write(
             "tag the verdict",
-            lambda: self._lever.change_tags(decisions.tags_on_result(verdict, last=alone)),
+            lambda: self._lever.change_tags(
+                # A retake's verdict replaces the earlier one (several tests: the parent
+                # cleared the earlier verdicts when the retake began).
+                decisions.tags_on_result(
+                    verdict, last=alone, retake=alone and self._input.retake > 0
+                )
+            ),
         )
         if final.report_url:
             await self._write(
@@ -545,6 +628,56 @@ class InvitationWorkflow(InvitationV1):
         self._set_status(Status.CANCELLED)
         return True
 
+    # --- recruiter commands ------------------------------------------------------
+
+    async def _resend(self, command: Command, invitation_id: str) -> CommandOutcome:
+        """Py sends the invitation email again. Py down: retried for an hour, then refused."""
+        try:
+            reminded: bool = await call(
+                PyActivity.remind,
+                invitation_id,
+                start_to_close_timeout=START_TO_CLOSE,
+                schedule_to_close_timeout=COMMAND_HORIZON,
+                retry_policy=SETUP_RETRY,
+            )
+        except ActivityError as exc:
+            if is_cancelled_exception(exc):
+                raise
+            return self._record(command, False, f"Py did not remind: {error_message(exc)}")
+        if not reminded:  # 409: finished at Py meanwhile (its callback is on the way)
+            return self._record(command, False, "Py says the invitation is finished")
+        return self._record(command, True, "Py sent the invitation email again")
+
+    async def _recruiter_cancel(self, command: Command) -> CommandOutcome:
+        """Stop as a withdrawal does (cancel at Py, clear the in-progress tags, no verdict),
+        and answer once the outcome is written: a result Py already held wins."""
+        state = self.state
+        if state.withdrawal is None:
+            state.withdrawal = Withdrawal(reason="recruiter_cancelled")
+        await workflow.wait_condition(lambda: state.status in _ENDED)  # written (or cancelled)
+        if state.status is Status.COMPLETED:
+            return self._record(command, False, "the result arrived first and was applied")
+        if state.status is Status.CANCELLED:
+            state.error = state.error or decisions.RECRUITER_CANCELLED_TEXT
+            return self._record(command, True, "cancelled at Py; in-progress tags removed")
+        return self._record(command, False, f"the test ended {state.status.value}")
+
+    def _record(self, command: Command, applied: bool, detail: str) -> CommandOutcome:
+        outcome = CommandOutcome(
+            command=command.kind,
+            applied=applied,
+            detail=detail,
+            target=workflow.info().workflow_id,
+            at=workflow.now(),
+        )
+        self.state.commands.append(outcome)
+        workflow.logger.info(
+            "%s %s: %s", command.kind.value, "applied" if applied else "not applicable", detail
+        )
+        if not self._v1:
+            self._set_status(self.state.status)  # the command into the memo and the details
+        return outcome
+
     # --- visibility --------------------------------------------------------------
 
     def _set_status(self, status: Status) -> None:
@@ -561,7 +694,7 @@ class InvitationWorkflow(InvitationV1):
 
     def _details(self) -> dict[str, object]:
         state = self.state
-        return {
+        details: dict[str, object] = {
             "test": self._input.test.name,
             "test_id": self._input.test.id,
             "status": state.status.value,
@@ -575,6 +708,11 @@ class InvitationWorkflow(InvitationV1):
             "updated_at": workflow.now().isoformat(),
             "last_error": state.error,
         }
+        if state.extended_seconds:
+            details["expires_at"] = self._expiry().isoformat()
+        if state.commands:
+            details["commands"] = [c.model_dump(mode="json") for c in state.commands]
+        return details
 
     def _details_text(self) -> str:
         state = self.state
@@ -588,6 +726,11 @@ class InvitationWorkflow(InvitationV1):
             lines.append(f"- next check: {state.next_check.isoformat()}")
         if state.error:
             lines.append(f"- last error: {state.error}")
+        for c in state.commands:
+            what = "applied" if c.applied else "not applicable"
+            lines.append(
+                f"- {c.command.value} at {c.at.isoformat() if c.at else '-'}: {what} ({c.detail})"
+            )
         return "\n".join(lines)
 
     def _result(self) -> InvitationResult:

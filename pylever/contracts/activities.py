@@ -19,6 +19,17 @@ from typing import Any, Final, Generic, TypeVar
 
 from temporalio import activity
 
+from pylever.contracts.commands import (
+    CommandedPage,
+    CommandOutcome,
+    CommandPlan,
+    CommandPlanRequest,
+    CommandTargets,
+    CommandTargetsRequest,
+    DeliverCommand,
+    ListCommanded,
+    RetakeRequest,
+)
 from pylever.contracts.records import (
     AccountPage,
     AssessmentPage,
@@ -72,6 +83,10 @@ class LeverActivity:
     add_links: Final = Activity[LinkWrite, None]("lever.add_links", None)
     move_to_stage: Final = Activity[StageMove, str]("lever.move_to_stage", str)
     list_waiting: Final = Activity[ListWaiting, WaitingPage]("lever.list_waiting", WaitingPage)
+    list_commanded: Final = Activity[ListCommanded, CommandedPage](
+        "lever.list_commanded", CommandedPage
+    )
+    read_tags: Final = Activity[OpportunityRef, tuple[str, ...]]("lever.read_tags", tuple[str, ...])
 
 
 class PyActivity:
@@ -115,3 +130,16 @@ class SweepActivity:
     # On the main queue: Temporal calls only.
     start_waiting: Final = Activity[StartWaiting, StartedPage]("sweep.start_waiting", StartedPage)
     report: Final = Activity[SweepReport, None]("sweep.report", None)
+
+
+class CommandActivity:
+    """The recruiter commands' own steps (``activities/commands.py``)."""
+
+    # On the shared Lever queue (it may ask Lever for the stage list).
+    plan: Final = Activity[CommandPlanRequest, CommandPlan]("commands.plan", CommandPlan)
+    # On the main queue: Temporal calls only.
+    targets: Final = Activity[CommandTargetsRequest, CommandTargets](
+        "commands.targets", CommandTargets
+    )
+    deliver: Final = Activity[DeliverCommand, CommandOutcome]("commands.deliver", CommandOutcome)
+    retake: Final = Activity[RetakeRequest, CommandOutcome]("commands.retake", CommandOutcome)

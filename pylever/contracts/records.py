@@ -61,6 +61,11 @@ class TriggerSettings(_Record):
     expire_after_seconds: int
 
 
+class ChosenTest(_Record):
+    id: str
+    name: str
+
+
 class AssessmentInput(_Record):
     account_id: str
     opportunity_id: str
@@ -69,6 +74,10 @@ class AssessmentInput(_Record):
     # A later run of the same (account, opportunity, stage) after one that ended without a
     # result: its invitations still open at Py are adopted, not sent again.
     rerun: bool = False
+    # A recruiter's ``Py - Retake`` (workflows/commands.py): the n-th retake of this
+    # assessment sends a new invitation for these tests (no test choice, nothing adopted).
+    retake: int = 0
+    retake_tests: tuple[ChosenTest, ...] = ()
 
 
 class Candidate(_Record):
@@ -81,11 +90,6 @@ class Candidate(_Record):
     entered_stage: bool
     archived: bool
     stage_entries: int = 1  # how many times it entered the stage (Lever's stageChanges)
-
-
-class ChosenTest(_Record):
-    id: str
-    name: str
 
 
 class InvitationInput(_Record):
@@ -101,6 +105,7 @@ class InvitationInput(_Record):
     # The invitation an earlier run of this workflow id sent: adopted if still open at Py
     # (its clock kept: reminders and expiry count from Py's created_at), applied if completed.
     adopt_invitation_id: str | None = None
+    retake: int = 0  # >0: a recruiter's retake: a new idempotency key; the verdict replaces
 
 
 class InvitationRecord(_Record):
@@ -156,7 +161,7 @@ class Withdrawal(_Record):
     """The candidate left the process in Lever (archived, deleted), or the customer left
     py-lever (``account_removed``: its account was removed from the configuration)."""
 
-    reason: Literal["archived", "deleted", "account_removed"]
+    reason: Literal["archived", "deleted", "account_removed", "recruiter_cancelled"]
 
 
 class InvitationResult(_Record):

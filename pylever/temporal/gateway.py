@@ -34,6 +34,7 @@ from temporalio.exceptions import ApplicationError, FailureError, WorkflowAlread
 from temporalio.service import RPCError, RPCStatusCode
 
 from pylever.contracts import search_attributes as sa
+from pylever.contracts.commands import RETAKE_MEMO
 from pylever.contracts.records import (
     RERUNNABLE,
     AssessmentInput,
@@ -209,12 +210,40 @@ class Gateway:
             return False
         return not _covers(previous, entered_at)
 
+    async def start_retake(self, input: AssessmentInput) -> Started:
+        """A recruiter's ``Py - Retake`` of a finished assessment: a new run with
+        ``input.retake`` (the n-th retake, also in the run's memo) and its tests.
+        ``started``: this retake began now, or (a retried start) earlier; ``already_running``:
+        another run is going."""
+        workflow_id = decisions.assessment_workflow_id(
+            input.account_id, input.opportunity_id, input.stage_id
+        )
+        try:
+            started = await self._start(
+                input,
+                workflow_id,
+                WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                account_priority(input.account_id),
+                memo={RETAKE_MEMO: input.retake},
+            )
+            if started.status == "started":
+                return started
+            running = await self.client.get_workflow_handle(workflow_id).describe(
+                rpc_timeout=RPC_TIMEOUT
+            )
+            if (await running.memo()).get(RETAKE_MEMO) == input.retake:
+                return Started("started", workflow_id)  # this very retake, started before
+            return started
+        except Exception as exc:
+            raise self._translate(exc) from None
+
     async def _start(
         self,
         input: AssessmentInput,
         workflow_id: str,
         reuse: WorkflowIDReusePolicy,
         priority: Priority,
+        memo: dict[str, Any] | None = None,
     ) -> Started:
         handle: WorkflowHandle[Any, Any] = await self.client.start_workflow(
             AssessmentWorkflow.run,
@@ -231,7 +260,9 @@ class Gateway:
                     SearchAttributePair(sa.PY_STATUS, Status.RESOLVING.value),
                 ]
             ),
-            static_summary=f"opportunity {input.opportunity_id} · stage {input.settings.stage}",
+            static_summary=f"opportunity {input.opportunity_id} · stage {input.settings.stage}"
+            + (f" · retake {input.retake}" if input.retake else ""),
+            memo=memo,
             priority=priority,
             rpc_timeout=RPC_TIMEOUT,
         )
@@ -341,6 +372,9 @@ class Gateway:
                 memo = await wf.memo()
                 details = memo.get("assessment") or {}
                 attrs = wf.typed_search_attributes
+                if wf.workflow_type == "CandidateCommandsWorkflow":
+                    rows.append(_commands_row(wf, memo.get("commands") or {}))
+                    continue
                 rows.append(
                     {
                         "workflow_id": wf.id,
@@ -361,6 +395,8 @@ class Gateway:
                         "started_at": wf.start_time.isoformat() if wf.start_time else None,
                         "closed_at": wf.close_time.isoformat() if wf.close_time else None,
                         "execution_status": wf.status.name.lower() if wf.status else None,
+                        "retake": memo.get(RETAKE_MEMO),
+                        "commands": details.get("commands") or [],
                     }
                 )
         except Exception as exc:
@@ -451,6 +487,21 @@ class Gateway:
         if _unavailable(exc):
             return TemporalUnavailable("Temporal is not reachable")
         return exc
+
+
+def _commands_row(wf: Any, details: dict) -> dict:
+    """A recruiter's command tags found on the candidate, and what each did."""
+    return {
+        "workflow_id": wf.id,
+        "run_id": wf.run_id,
+        "kind": "commands",
+        "commands": details.get("commands") or [],
+        "outcomes": details.get("outcomes") or [],
+        "tags_removed": bool(details.get("tags_removed")),
+        "started_at": wf.start_time.isoformat() if wf.start_time else None,
+        "closed_at": wf.close_time.isoformat() if wf.close_time else None,
+        "execution_status": wf.status.name.lower() if wf.status else None,
+    }
 
 
 def _failed_attempts(pending: PendingActivityInfo) -> int:

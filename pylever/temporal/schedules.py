@@ -1,4 +1,16 @@
-"""Each account's sweep as a Temporal Schedule (``workflows/sweep.py``).
+"""Each account's sweep and command watch as Temporal Schedules.
+
+Two schedules per account, written the same way:
+
+- ``<queue>-sweep-<account>`` starts ``SweepWorkflow`` (``workflows/sweep.py``) every
+  ``sweep_every`` (overlap ``SKIP``);
+- ``<queue>-commands-<account>`` starts ``CommandWatchWorkflow`` (``workflows/commands.py``)
+  every ten minutes, or every ``commands_every`` if longer; each run looks for command
+  tags every ``commands_every`` for that long, and the next one is buffered behind it
+  (overlap ``BUFFER_ONE``), so the looks go on without a gap. A new one is triggered at
+  once (an interval schedule first fires at the next multiple of its interval).
+
+The sweep's, in detail:
 
 One schedule per account, ``<queue>-sweep-<account>``, visible on the Web UI's
 Schedules page: every ``sweep_every`` it starts ``SweepWorkflow`` for the account. The
@@ -38,10 +50,12 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from pylever.config.file import AppConfig
+from pylever.config.file import Account, AppConfig
+from pylever.contracts.commands import WATCH_WINDOW_SECONDS, CommandWatchInput
 from pylever.contracts.sweep import SweepInput
 from pylever.ops.logs import log_event
 from pylever.temporal.codec import KEY_ID_METADATA
+from workflows.commands import CommandWatchWorkflow
 from workflows.decisions import background_priority
 from workflows.sweep import SweepWorkflow
 
@@ -49,14 +63,30 @@ log = logging.getLogger("pylever.temporal.schedules")
 
 
 SWEEP_TIMEOUT = timedelta(hours=2)
+# A watch run stuck (Lever failing for hours) ends this long after its window, and the
+# buffered next run takes over.
+WATCH_OVERRUN = timedelta(hours=1)
 
 
-def schedule_id(task_queue: str, account_id: str) -> str:
-    return f"{task_queue}-sweep-{account_id}"
+def schedule_id(task_queue: str, account_id: str, kind: str = "sweep") -> str:
+    return f"{task_queue}-{kind}-{account_id}"
 
 
-def _prefix(task_queue: str) -> str:
-    return f"{task_queue}-sweep-"
+def _prefix(task_queue: str, kind: str = "sweep") -> str:
+    return f"{task_queue}-{kind}-"
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """One kind of per-account schedule: its id part, workflow, overlap and how it is made."""
+
+    name: str
+    workflow: str
+    overlap: ScheduleOverlapPolicy
+    interval: Any  # (AppConfig, Account) -> timedelta | None (None: no schedule)
+    make: Any  # (task_queue, account_id, interval) -> Schedule
+    timeout: Any  # (interval) -> timedelta
+    trigger_new: bool = False
 
 
 def sweep_schedule(task_queue: str, account_id: str, every: timedelta) -> Schedule:
@@ -78,6 +108,50 @@ def sweep_schedule(task_queue: str, account_id: str, every: timedelta) -> Schedu
     )
 
 
+def watch_interval(config: AppConfig, account: Account) -> timedelta:
+    """How often a command watch run starts: ten minutes, or ``commands_every`` if longer."""
+    return max(timedelta(seconds=WATCH_WINDOW_SECONDS), config.commands(account).every)
+
+
+def command_schedule(task_queue: str, account_id: str, interval: timedelta) -> Schedule:
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            CommandWatchWorkflow.run,
+            CommandWatchInput(account_id=account_id, window_seconds=int(interval.total_seconds())),
+            id=schedule_id(task_queue, account_id, "commands"),
+            task_queue=task_queue,
+            priority=background_priority(account_id),
+            static_summary=f"command tags of account {account_id}",
+            execution_timeout=interval + WATCH_OVERRUN,
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=interval)]),
+        policy=SchedulePolicy(
+            overlap=ScheduleOverlapPolicy.BUFFER_ONE,
+            catchup_window=max(interval, timedelta(minutes=1)),
+        ),
+    )
+
+
+SWEEPS = _Kind(
+    name="sweep",
+    workflow="SweepWorkflow",
+    overlap=ScheduleOverlapPolicy.SKIP,
+    interval=lambda config, account: config.sweep(account).every,
+    make=sweep_schedule,
+    timeout=lambda interval: SWEEP_TIMEOUT,
+)
+COMMAND_WATCHES = _Kind(
+    name="commands",
+    workflow="CommandWatchWorkflow",
+    overlap=ScheduleOverlapPolicy.BUFFER_ONE,
+    interval=watch_interval,
+    make=command_schedule,
+    timeout=lambda interval: interval + WATCH_OVERRUN,
+    trigger_new=True,
+)
+KINDS = (SWEEPS, COMMAND_WATCHES)
+
+
 @dataclass
 class ScheduleChanges:
     created: list[str] = field(default_factory=list)
@@ -96,7 +170,11 @@ def _key_id(payload: Any) -> bytes | None:
 
 
 def _up_to_date(
-    description: ScheduleDescription, task_queue: str, every: timedelta, key_id: bytes | None
+    kind: _Kind,
+    description: ScheduleDescription,
+    task_queue: str,
+    every: timedelta,
+    key_id: bytes | None,
 ) -> bool:
     """Same interval, workflow, queue and policy, and its input encrypted with the payload
     key in use: after a rotation the old key is dropped, and a schedule still carrying an
@@ -105,10 +183,10 @@ def _up_to_date(
     return (
         _interval(description) == every
         and isinstance(action, ScheduleActionStartWorkflow)
-        and action.workflow == "SweepWorkflow"
+        and action.workflow == kind.workflow
         and action.task_queue == task_queue
-        and action.execution_timeout == SWEEP_TIMEOUT
-        and description.schedule.policy.overlap == ScheduleOverlapPolicy.SKIP
+        and action.execution_timeout == kind.timeout(every)
+        and description.schedule.policy.overlap == kind.overlap
         and len(action.args) == 1
         and _key_id(action.args[0]) == key_id
     )
@@ -127,24 +205,39 @@ async def apply_sweep_schedules(
     schedule goes (a reload's removals, ``cli.py remove-account``). A schedule of an account
     this file does not name is otherwise left alone: during a rolling deploy another worker
     may already run a newer file (``unconfigured_schedules`` lists them for a warning)."""
+    return await _apply(SWEEPS, client, task_queue, config, removed)
+
+
+async def apply_command_schedules(
+    client: Client, task_queue: str, config: AppConfig, removed: Iterable[str] = ()
+) -> ScheduleChanges:
+    """The same for the command watches (every configured account has one)."""
+    return await _apply(COMMAND_WATCHES, client, task_queue, config, removed)
+
+
+async def _apply(
+    kind: _Kind, client: Client, task_queue: str, config: AppConfig, removed: Iterable[str]
+) -> ScheduleChanges:
     changes = ScheduleChanges()
-    wanted = {a.id: config.sweep(a).every for a in config.accounts}
+    wanted = {a.id: kind.interval(config, a) for a in config.accounts}
     key_id = await _current_key_id(client)
     for account_id, every in wanted.items():
-        sid = schedule_id(task_queue, account_id)
+        sid = schedule_id(task_queue, account_id, kind.name)
         if every is None:
             if await _delete(client, sid):
                 changes.deleted.append(account_id)
             continue
-        schedule = sweep_schedule(task_queue, account_id, every)
+        schedule = kind.make(task_queue, account_id, every)
         try:
-            await client.create_schedule(sid, schedule)
+            handle = await client.create_schedule(sid, schedule)
             changes.created.append(account_id)
+            if kind.trigger_new:
+                await handle.trigger()  # now, not at the next multiple of the interval
             continue
         except ScheduleAlreadyRunningError:
             pass  # it exists (an earlier start, or another worker just now): compare
         description = await client.get_schedule_handle(sid).describe()
-        if _up_to_date(description, task_queue, every, key_id):
+        if _up_to_date(kind, description, task_queue, every, key_id):
             continue
 
         def replace(_: ScheduleUpdateInput, new: Schedule = schedule) -> ScheduleUpdate:
@@ -153,17 +246,21 @@ async def apply_sweep_schedules(
         await client.get_schedule_handle(sid).update(replace)
         changes.updated.append(account_id)
     for account_id in dict.fromkeys(removed):
-        if account_id not in wanted and await _delete(client, schedule_id(task_queue, account_id)):
+        if account_id not in wanted and await _delete(
+            client, schedule_id(task_queue, account_id, kind.name)
+        ):
             changes.deleted.append(account_id)
     if changes.created or changes.updated or changes.deleted:
-        log_event(log, "sweep schedules written", created=changes.created,
+        log_event(log, f"{kind.name} schedules written", created=changes.created,
                   updated=changes.updated, deleted=changes.deleted)  # fmt: skip
     return changes
 
 
-async def unconfigured_schedules(client: Client, task_queue: str, config: AppConfig) -> list[str]:
-    """Accounts of this queue that have a sweep schedule but no longer a configuration."""
-    prefix = _prefix(task_queue)
+async def unconfigured_schedules(
+    client: Client, task_queue: str, config: AppConfig, kind: str = "sweep"
+) -> list[str]:
+    """Accounts of this queue that have a ``kind`` schedule but no longer a configuration."""
+    prefix = _prefix(task_queue, kind)
     configured = {a.id for a in config.accounts}
     found: list[str] = []
     async for listed in await client.list_schedules():
@@ -175,6 +272,11 @@ async def unconfigured_schedules(client: Client, task_queue: str, config: AppCon
 async def drop_sweep_schedule(client: Client, task_queue: str, account_id: str) -> bool:
     """Delete the account's sweep schedule (``cli.py remove-account``); False: it had none."""
     return await _delete(client, schedule_id(task_queue, account_id))
+
+
+async def drop_command_schedule(client: Client, task_queue: str, account_id: str) -> bool:
+    """Delete the account's command watch schedule (``cli.py remove-account``)."""
+    return await _delete(client, schedule_id(task_queue, account_id, "commands"))
 
 
 async def _delete(client: Client, sid: str) -> bool:

@@ -27,7 +27,11 @@ from pylever.ops.logs import log_event
 from pylever.temporal.gateway import Gateway
 from pylever.temporal.legacy_queues import LegacyQueueDrain
 from pylever.temporal.lever_limits import apply_lever_limits, lever_limits
-from pylever.temporal.schedules import apply_sweep_schedules, unconfigured_schedules
+from pylever.temporal.schedules import (
+    apply_command_schedules,
+    apply_sweep_schedules,
+    unconfigured_schedules,
+)
 from pylever.temporal.unconfigured import warn_about_unconfigured
 from pylever.temporal.workers import Workers, lever_worker, py_client_for
 from workflows.decisions import lever_task_queue
@@ -79,6 +83,7 @@ class WorkerProcess:
         self.levers.update(self._lever_accounts(new))
         self.workers.lever.watch(changes.added)
         self.workers.sweep.use(new)
+        self.workers.commands.use(new)
         if new.py != old.py or new.callback_url != old.callback_url:
             retired = self.workers.py.use(py_client_for(new), new.callback_url)
             self._later(PY_CLIENT_GRACE, retired.aclose)
@@ -94,22 +99,19 @@ class WorkerProcess:
     async def _write_schedules(
         self, config: AppConfig | None = None, removed: Iterable[str] = ()
     ) -> None:
-        """The sweep schedules of ``config`` (default: the configuration in force, read once
-        the lock is held). One writer at a time: the start-up's and a reload's never
-        interleave, and the later one writes the newer file."""
+        """The sweep and command watch schedules of ``config`` (default: the configuration
+        in force, read once the lock is held). One writer at a time: the start-up's and a
+        reload's never interleave, and the later one writes the newer file."""
         async with self._schedules_lock:
-            await _log_failure(
-                asyncio.wait_for(
-                    apply_sweep_schedules(
-                        self.client,
-                        self.settings.task_queue,
-                        config or self.reloader.current,
-                        removed,
-                    ),
-                    SCHEDULES_TIMEOUT,
-                ),
-                "writing the sweep schedules",
-            )
+            current = config or self.reloader.current
+            removed = tuple(removed)
+
+            async def both() -> None:
+                queue = self.settings.task_queue
+                await apply_sweep_schedules(self.client, queue, current, removed)
+                await apply_command_schedules(self.client, queue, current, removed)
+
+            await _log_failure(asyncio.wait_for(both(), SCHEDULES_TIMEOUT), "writing the schedules")
 
     def _lever_accounts(self, config: AppConfig) -> list[Account]:
         configured = {a.id for a in config.accounts}
@@ -133,14 +135,15 @@ class WorkerProcess:
         longer names is reported, not dropped (another worker may run a newer file):
         ``cli.py remove-account`` drops it."""
         await self._write_schedules()
-        gone = await unconfigured_schedules(
-            self.client, self.settings.task_queue, self.reloader.current
-        )
-        if gone:
-            log_event(
-                log, "sweep schedules of accounts not in the configuration (cli.py "
-                "remove-account ACCOUNT --yes drops them)", logging.WARNING, accounts=gone,
-            )  # fmt: skip
+        for kind in ("sweep", "commands"):
+            gone = await unconfigured_schedules(
+                self.client, self.settings.task_queue, self.reloader.current, kind
+            )
+            if gone:
+                log_event(
+                    log, f"{kind} schedules of accounts not in the configuration (cli.py "
+                    "remove-account ACCOUNT --yes drops them)", logging.WARNING, accounts=gone,
+                )  # fmt: skip
 
     async def _cancel_deferred(self) -> None:
         for task in list(self._deferred):

@@ -21,6 +21,7 @@ from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
+from activities.commands import CommandActivities
 from activities.lever import LeverActivities, LeverClients
 from activities.py import PyActivities
 from activities.sweep import SweepActivities
@@ -34,6 +35,7 @@ from pylever.ops.logs import log_event
 from pylever.ops.worker_metrics import serve_worker_metrics
 from pylever.temporal.gateway import Gateway
 from workflows.assessment import AssessmentWorkflow
+from workflows.commands import CandidateCommandsWorkflow, CommandWatchWorkflow
 from workflows.decisions import lever_task_queue
 from workflows.invitation import InvitationWorkflow
 from workflows.queue_migration import LeverQueueMigrationWorkflow
@@ -49,6 +51,8 @@ WORKFLOWS = [
     WithdrawCandidateWorkflow,
     RemoveAccountWorkflow,
     SweepWorkflow,
+    CommandWatchWorkflow,
+    CandidateCommandsWorkflow,
 ]
 GRACEFUL_SHUTDOWN = timedelta(seconds=45)
 
@@ -112,6 +116,8 @@ def lever_worker(
             activities.add_links,
             activities.move_to_stage,
             activities.list_waiting,
+            activities.list_commanded,
+            activities.read_tags,
             *extra_activities,
         ],
         **options,
@@ -140,6 +146,7 @@ class Workers:
         self.py = PyActivities(py, config.callback_url)
         temporal = TemporalActivities(client)
         self.sweep = SweepActivities(config, levers, Gateway(client, task_queue))
+        self.commands = CommandActivities(config, levers, Gateway(client, task_queue))
         self.options: dict[str, Any] = {"graceful_shutdown_timeout": GRACEFUL_SHUTDOWN,
                                         **worker_options}  # fmt: skip
         self.workers = [
@@ -161,11 +168,18 @@ class Workers:
                     temporal.delete_candidate_executions,
                     self.sweep.start_waiting,
                     self.sweep.report,
+                    self.commands.targets,
+                    self.commands.deliver,
+                    self.commands.retake,
                 ],
                 **self.options,
             ),
             lever_worker(
-                client, lever_task_queue(task_queue), self.lever, [self.sweep.plan], **self.options
+                client,
+                lever_task_queue(task_queue),
+                self.lever,
+                [self.sweep.plan, self.commands.plan],
+                **self.options,
             ),
         ]
 

@@ -160,7 +160,7 @@ async def _remove_account(args: argparse.Namespace, out: TextIO) -> int:
     from pylever.config.environment import Settings
     from pylever.config.file import ConfigError, load_config_from_env
     from pylever.temporal.gateway import Gateway
-    from pylever.temporal.schedules import drop_sweep_schedule
+    from pylever.temporal.schedules import drop_command_schedule, drop_sweep_schedule
     from pylever.temporal.unconfigured import unconfigured_accounts
 
     try:
@@ -190,6 +190,8 @@ async def _remove_account(args: argparse.Namespace, out: TextIO) -> int:
     print(f"withdrawing {count} running assessments: workflow {workflow_id}", file=out)
     if await drop_sweep_schedule(client, settings.task_queue, args.account):
         print("its sweep schedule is deleted", file=out)
+    if await drop_command_schedule(client, settings.task_queue, args.account):
+        print("its command watch schedule is deleted", file=out)
     return EXIT_OK
 
 

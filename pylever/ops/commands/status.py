@@ -69,7 +69,25 @@ def render_status(body: Mapping[str, Any]) -> str:
         if isinstance(r.get("waiting"), Mapping)
     ]
     waiting = "\n\nretrying (running assessments):\n" + "\n".join(waits) if waits else ""
-    return f"{head}\n\n{table(headers, cells)}{waiting}\n\nworkflow ids (Temporal UI):\n{ids}"
+    commands = command_lines(rows)
+    said = "\n\nrecruiter commands:\n" + "\n".join(commands) if commands else ""
+    return f"{head}\n\n{table(headers, cells)}{waiting}{said}\n\nworkflow ids (Temporal UI):\n{ids}"
+
+
+def command_lines(rows: list[Mapping[str, Any]]) -> list[str]:
+    """``  2026-11-30 10:00 UTC  Py - Resend: applied (Py sent the invitation email again)``,
+    from the candidate's command runs (the outcomes there include those of invitations)."""
+    lines = []
+    for r in rows:
+        if r.get("kind") != "commands":
+            continue
+        for o in r.get("outcomes") or []:
+            if isinstance(o, Mapping):
+                what = "applied" if o.get("applied") else "not applicable"
+                lines.append(
+                    f"  {when(o.get('at'))}  {text(o.get('command'))}: {what} ({text(o.get('detail'))})"
+                )
+    return lines
 
 
 _SERVICES = {"lever": "Lever", "py": "Py"}

@@ -98,18 +98,19 @@ class CommandWatchWorkflow:
     @workflow.run
     async def run(self, input: CommandWatchInput) -> dict[str, int]:
         deadline = workflow.now() + timedelta(seconds=input.window_seconds)
+        # The settings once per run: a reload reaches the looks within a window.
+        try:
+            plan = await background_lever_call(
+                CommandActivity.plan,
+                CommandPlanRequest(account_id=input.account_id),
+                input.account_id,
+            )
+        except ActivityError as exc:
+            if failure_type(exc) != UNKNOWN_ACCOUNT:
+                raise
+            workflow.logger.info("account %s is not configured: no look", input.account_id)
+            return self.progress()  # removed from the configuration: its schedule goes too
         while True:
-            try:
-                plan = await background_lever_call(
-                    CommandActivity.plan,
-                    CommandPlanRequest(account_id=input.account_id),
-                    input.account_id,
-                )
-            except ActivityError as exc:
-                if failure_type(exc) != UNKNOWN_ACCOUNT:
-                    raise
-                workflow.logger.info("account %s is not configured: no look", input.account_id)
-                break  # removed from the configuration: its schedule goes with it
             await self._look(input.account_id, plan)
             if input.window_seconds <= 0:
                 break  # one look (tests, operators)

@@ -392,6 +392,7 @@ class Gateway:
                         "last_error": details.get("last_error"),
                         "sent_at": details.get("sent_at"),
                         "next_check_at": details.get("next_check_at"),
+                        "expires_at": details.get("expires_at"),  # moved by Py - Extend
                         "started_at": wf.start_time.isoformat() if wf.start_time else None,
                         "closed_at": wf.close_time.isoformat() if wf.close_time else None,
                         "execution_status": wf.status.name.lower() if wf.status else None,

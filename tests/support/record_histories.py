@@ -564,12 +564,107 @@ async def record_swept(stack: Stack) -> Histories:
     return {"sweep-swept": await history(stack, workflow_id)}
 
 
+async def _look(stack: Stack, workflow_id: str) -> None:
+    """One look for command tags (issue 15), on the wall clock like the schedule's runs."""
+    from pylever.contracts.commands import CommandWatchInput
+    from workflows.commands import CommandWatchWorkflow
+
+    await unstamped_client(stack.env).execute_workflow(
+        CommandWatchWorkflow.run,
+        CommandWatchInput(account_id="acme", window_seconds=0),
+        id=workflow_id,
+        task_queue=stack.task_queue,
+    )
+
+
+async def _commands_done(stack: Stack, opp: str) -> tuple[str, list[Any]]:
+    from pylever.contracts.commands import CommandOutcome
+    from workflows.commands import candidate_commands_workflow_id
+
+    workflow_id = candidate_commands_workflow_id("acme", opp)
+    handle = stack.client.get_workflow_handle(workflow_id, result_type=list[CommandOutcome])
+    return workflow_id, await asyncio.wait_for(handle.result(), 60)
+
+
+async def record_commanded(stack: Stack) -> Histories:
+    """Issue 15: a recruiter tags ``Py - Extend`` and ``Py - Resend``; one look applies both
+    to the open invitation (two updates: the expiry moves, Py reminds), removes the tags;
+    then the result (92: pass) arrives."""
+    opp, parent_id, child, invitation_id = await waiting(stack, "Replay Commanded")
+    stack.lever.recruiter_tags(opp, add=["Py - Extend", "Py - Resend"])
+    await _look(stack, "replay-watch-commanded")
+    commands_id, outcomes = await _commands_done(stack, opp)
+    assert [(o.command.value, o.applied) for o in outcomes] == [
+        ("Py - Extend", True),
+        ("Py - Resend", True),
+    ], outcomes
+    assert stack.py.invitations[invitation_id].reminders == 1
+    await stack.py.complete(invitation_id, 92)
+    result = await stack.result(parent_id)
+    assert result.status == Status.COMPLETED, result
+    return {
+        "assessment-commanded": await history(stack, parent_id),
+        "invitation-commanded": await history(stack, child.id),
+        "commands-commanded": await history(stack, commands_id),
+        "watch-commanded": await history(stack, "replay-watch-commanded"),
+    }
+
+
+async def record_recruiter_cancel(stack: Stack) -> Histories:
+    """Issue 15: ``Py - Cancel``: the invitation is cancelled at Py, the in-progress tags
+    removed, no verdict; the assessment ends cancelled (completed execution)."""
+    opp, parent_id, child, invitation_id = await waiting(stack, "Replay Recruitercancel")
+    stack.lever.recruiter_tags(opp, add=["Py - Cancel"])
+    await _look(stack, "replay-watch-recruiter-cancel")
+    _, outcomes = await _commands_done(stack, opp)
+    assert [(o.command.value, o.applied) for o in outcomes] == [("Py - Cancel", True)], outcomes
+    result = await stack.result(parent_id)
+    assert result.status == Status.CANCELLED, result
+    assert stack.py.invitations[invitation_id].invitation["status"] == "cancelled"
+    return {
+        "assessment-recruiter-cancel": await history(stack, parent_id),
+        "invitation-recruiter-cancel": await history(stack, child.id),
+    }
+
+
+async def record_retake(stack: Stack) -> Histories:
+    """Issue 15: a fail (30), then ``Py - Retake``: a new run of the assessment for the same
+    test, a new invitation (``#retake1``), whose pass (92) replaces ``Py - Fail``."""
+    opp, parent_id, child, invitation_id = await waiting(stack, "Replay Retake")
+    await stack.py.complete(invitation_id, 30)
+    first = await stack.result(parent_id)
+    assert first.invitations[0].verdict == "fail", first
+    stack.lever.recruiter_tags(opp, add=["Py - Retake"])
+    await _look(stack, "replay-watch-retake")
+    _, outcomes = await _commands_done(stack, opp)
+    assert [(o.command.value, o.applied) for o in outcomes] == [("Py - Retake", True)], outcomes
+
+    async def second_invitation() -> dict[str, Any] | None:
+        found = [i for i in stack.invitations(opp) if i["id"] != invitation_id]
+        return found[0] if found else None
+
+    second = await stack.eventually(second_invitation)
+    await stack.wait_tag(opp, decisions.TAG_INVITED)
+    await stack.py.complete(second["id"], 92)
+    await stack.wait_tag(opp, decisions.TAG_PASS)
+    result = await stack.result(parent_id)
+    assert result.status == Status.COMPLETED and result.invitations[0].verdict == "pass"
+    assert decisions.TAG_FAIL not in stack.tags(opp)
+    return {
+        "assessment-retake": await history(stack, parent_id),
+        "invitation-retake": await history(stack, child.id),
+    }
+
+
 MORE: dict[str, Recording] = {  # of the durable shape only; the group ``more`` names them all
     "unconfirmed": record_unconfirmed,
     "lever-gone": record_lever_gone,
     "contract-error": record_contract_error,
     "cancel-holds-result": record_cancel_holds_result,
     "swept": record_swept,
+    "commanded": record_commanded,
+    "recruiter-cancel": record_recruiter_cancel,
+    "retake": record_retake,
 }
 
 

@@ -111,6 +111,7 @@ from temporalio.worker import Replayer
 from activities.temporal_ops import TemporalActivities
 from pylever.contracts import search_attributes as sa
 from pylever.contracts.activities import PyActivity
+from pylever.contracts.commands import CandidateCommandsInput, CommandOutcome, CommandWatchInput
 from pylever.contracts.records import (
     AssessmentInput,
     AssessmentResult,
@@ -131,6 +132,7 @@ from tests.support.integration_stack import PAYLOAD_KEY
 from workflows import decisions
 from workflows.assessment import AssessmentWorkflow
 from workflows.calls import LeverOps as _LeverOps
+from workflows.commands import CandidateCommandsWorkflow, CommandWatchWorkflow
 from workflows.invitation import InvitationWorkflow
 from workflows.remove_account import RemoveAccountWorkflow
 from workflows.sweep import SweepWorkflow
@@ -510,6 +512,62 @@ DURABLE_CLAIMS: dict[str, Claim] = {
         ),
         ("completed",),  # no patch: SweepWorkflow shipped after DURABLE
     ),
+    # Issue 15, recruiter commands: Extend and Resend in one look, then the result.
+    f"{_D}assessment-commanded": _STANDARD_ASSESSMENT,
+    f"{_D}invitation-commanded": Claim(
+        (
+            *_INVITE,
+            "py.remind",  # Resend (Extend calls nothing: the expiry moves)
+            "lever.remove_tags",
+            "lever.add_tags",  # Py - Pass
+            "lever.add_links",
+            "lever.move_to_stage",
+        ),
+        (
+            _P,
+            "update-accepted",
+            "update-completed",
+            "update-accepted",
+            "update-completed",
+            "signaled:py_event",
+            "completed",
+        ),  # fmt: skip
+        parent=f"{_D}assessment-commanded",
+    ),
+    f"{_D}commands-commanded": Claim(
+        (
+            "lever.read_tags",  # the tags now, not the listing's
+            "commands.targets",  # Extend: the open invitation
+            "commands.deliver",
+            "commands.targets",  # Resend
+            "commands.deliver",
+            "lever.remove_tags",  # both tags at once
+        ),
+        ("completed",),  # no patch: shipped after DURABLE
+    ),
+    f"{_D}watch-commanded": Claim(
+        ("commands.plan", "lever.list_commanded"),  # one list call for the four tags
+        ("child-started", "completed"),  # the candidate's commands, left running (ABANDON)
+    ),
+    f"{_D}assessment-recruiter-cancel": _STANDARD_ASSESSMENT,
+    f"{_D}invitation-recruiter-cancel": Claim(
+        (*_INVITE, "py.cancel", "lever.remove_tags"),  # no verdict
+        (_P, "update-accepted", "update-completed", "completed"),
+        parent=f"{_D}assessment-recruiter-cancel",
+    ),
+    # The retake's run: no test choice (the same test), a new invitation, the verdict replaced.
+    f"{_D}assessment-retake": Claim(("lever.read_candidate",), (_P, *_ONE_CHILD, "completed")),
+    f"{_D}invitation-retake": Claim(
+        (
+            *_INVITE,
+            "lever.remove_tags",  # Py - Invited and the earlier verdict
+            "lever.add_tags",  # Py - Pass
+            "lever.add_links",
+            "lever.move_to_stage",
+        ),
+        (_P, "signaled:py_event", "completed"),
+        parent=f"{_D}assessment-retake",
+    ),
 }
 CLAIMS: dict[str, Claim] = {**SHIPPED_CLAIMS, **DURABLE_CLAIMS}
 SAVED = tuple(CLAIMS)
@@ -526,6 +584,8 @@ _MILESTONES = {
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED: "cancel-requested",
     EventType.EVENT_TYPE_REQUEST_CANCEL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED: "cancel-sent",
     EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_FAILED: "signal-failed",
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED: "update-accepted",
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED: "update-completed",
     # the close events
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED: "completed",
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED: "failed",
@@ -596,6 +656,8 @@ def replayer(*workflows: type) -> Replayer:
                 WithdrawCandidateWorkflow,
                 RemoveAccountWorkflow,
                 SweepWorkflow,
+                CommandWatchWorkflow,
+                CandidateCommandsWorkflow,
             )
         ),
         data_converter=data_converter(AesGcmCodec([PAYLOAD_KEY])),
@@ -643,7 +705,7 @@ async def _check_and_replay(recorded: dict[str, WorkflowHistory]) -> None:
 
 
 _NAME = re.compile(
-    r"(durable-)?(assessment|invitation|withdraw|remove-account|sweep)-(.+?)(?:-\d+)?"
+    r"(durable-)?(assessment|invitation|withdraw|remove-account|sweep|commands|watch)-(.+?)(?:-\d+)?"
 )
 
 
@@ -690,7 +752,12 @@ def test_each_set_is_of_its_shape(name: str) -> None:
     for ``RemoveAccountWorkflow`` and ``SweepWorkflow``, which have none)."""
     history = load(name)
     patches = [p for e in history.events if (p := patch_id(e)) is not None]
-    if _set_of(name) == "shipped" or _type_of(name) in ("remove-account", "sweep"):
+    if _set_of(name) == "shipped" or _type_of(name) in (
+        "remove-account",
+        "sweep",
+        "commands",
+        "watch",
+    ):
         assert patches == [], name
     else:
         assert patches == [DURABLE], name
@@ -977,13 +1044,19 @@ def test_saved_histories_hold_no_clear_text_payloads(name: str) -> None:
     assert all(p[-2] == "indexedFields" for p in plain), plain
     # The marker holds the patch id and nothing else; so does the search attribute that
     # ``workflow.patched`` upserts with it (TemporalChangeVersion).
-    durable = _set_of(name) == "durable" and _type_of(name) not in ("remove-account", "sweep")
+    durable = _set_of(name) == "durable" and _type_of(name) not in (
+        "remove-account",
+        "sweep",
+        "commands",
+        "watch",
+    )
     assert markers == ([{"id": DURABLE, "deprecated": False}] if durable else []), markers
-    # The withdraw, remove-account and sweep workflows set no search attribute of their own
-    # (gateway.withdraw_candidate, gateway.remove_account, the sweep's schedule): no clear
+    # The withdraw, remove-account, sweep and watch workflows set no search attribute of
+    # their own (gateway.withdraw_candidate, gateway.remove_account, the schedules): no clear
     # text at all but the patch's; the others upsert theirs.
     ours = [p for p in plain if p[-1] != "TemporalChangeVersion"]
-    assert bool(ours) is not (_type_of(name) in ("withdraw", "remove-account", "sweep")), plain
+    quiet = ("withdraw", "remove-account", "sweep", "watch")
+    assert bool(ours) is not (_type_of(name) in quiet), plain
     assert any(p[-1] == "TemporalChangeVersion" for p in plain) is durable, plain
 
 
@@ -1116,7 +1189,44 @@ class WaitsBeforePlanning(SweepWorkflow):
         return await super().run(input)
 
 
+@workflow.defn(name="CandidateCommandsWorkflow", sandboxed=False)
+class UnchangedCandidateCommands(CandidateCommandsWorkflow):
+    @workflow.run
+    async def run(self, input: CandidateCommandsInput) -> list[CommandOutcome]:
+        return await super().run(input)
+
+
+@workflow.defn(name="CandidateCommandsWorkflow", sandboxed=False)
+class RemovesTagsFirst(CandidateCommandsWorkflow):
+    """Removes the command tags before reading them: a Lever write moves ahead."""
+
+    @workflow.run
+    async def run(self, input: CandidateCommandsInput) -> list[CommandOutcome]:
+        lever = _LeverOps(input.account_id, input.opportunity_id)
+        await lever.change_tags(decisions.TagChange(remove=("Py - Resend",)))
+        return await super().run(input)
+
+
+@workflow.defn(name="CommandWatchWorkflow", sandboxed=False)
+class UnchangedWatch(CommandWatchWorkflow):
+    @workflow.run
+    async def run(self, input: CommandWatchInput) -> dict[str, int]:
+        return await super().run(input)
+
+
+@workflow.defn(name="CommandWatchWorkflow", sandboxed=False)
+class WaitsBeforeLooking(CommandWatchWorkflow):
+    """Waits before its first look: a timer moves ahead of the first activity."""
+
+    @workflow.run
+    async def run(self, input: CommandWatchInput) -> dict[str, int]:
+        await workflow.sleep(1)
+        return await super().run(input)
+
+
 _VARIANT_OF = {
+    "commands": RemovesTagsFirst,
+    "watch": WaitsBeforeLooking,
     "sweep": WaitsBeforePlanning,
     "assessment": ReorderedAssessment,
     "invitation": TagsBeforeInviting,
@@ -1124,6 +1234,8 @@ _VARIANT_OF = {
     "remove-account": WaitsBeforeListing,
 }
 _SAFE_VARIANT_OF = {
+    "commands": UnchangedCandidateCommands,
+    "watch": UnchangedWatch,
     "sweep": UnchangedSweep,
     "assessment": UnchangedAssessment,
     "invitation": PatchedInvitation,

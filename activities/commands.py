@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -57,6 +59,7 @@ log = logging.getLogger("pylever.activities.commands")
 
 # Statuses of a test that was sent and ended: a retake is for these.
 _RETAKEABLE = (Status.COMPLETED, Status.EXPIRED, Status.CANCELLED)
+CLOSING_WAIT = 30.0  # seconds an assessment whose invitations all ended is given to close
 
 
 class Retaker(Protocol):
@@ -98,13 +101,25 @@ class CommandActivities:
                 req.account_id, req.opportunity_id, stage_id
             )
             try:
-                desc = await self._client.get_workflow_handle(workflow_id).describe()
+                desc = await self._settled(workflow_id)
             except RPCError as exc:
                 if exc.status == RPCStatusCode.NOT_FOUND:
                     continue
                 raise
             found.append(await self._target(req, stage_id, desc))
         return CommandTargets(assessments=tuple(found))
+
+    async def _settled(self, workflow_id: str) -> WorkflowExecutionDescription:
+        """The assessment now; one closing (its invitations have all ended, e.g. just
+        cancelled by the same look's ``Py - Cancel``) is given ``CLOSING_WAIT`` to close,
+        so that a Retake after a Cancel finds it finished."""
+        handle = self._client.get_workflow_handle(workflow_id)
+        deadline = time.monotonic() + CLOSING_WAIT
+        while True:
+            desc = await handle.describe()
+            if not _closing(desc) or time.monotonic() > deadline:
+                return desc
+            await asyncio.sleep(0.5)
 
     async def _target(
         self, req: CommandTargetsRequest, stage_id: str, desc: WorkflowExecutionDescription
@@ -190,12 +205,13 @@ class CommandActivities:
                 settings=req.stage.settings,
                 retake=n,
                 retake_tests=tests,
+                retake_id=req.retake_id,
             )
         )
         names = ", ".join(t.name for t in tests)
         applied = started.status == "started"
         detail = (
-            f"retake {n}: a new invitation for {names}"
+            f"retake {n} started: a new invitation for {names} (the assessment's status follows it)"
             if applied
             else "another run of this assessment started meanwhile"
         )
@@ -208,6 +224,18 @@ class CommandActivities:
             target=started.workflow_id,
             at=datetime.now(UTC),
         )
+
+
+def _closing(desc: WorkflowExecutionDescription) -> bool:
+    """Running, past starting its invitations, none of them running any more."""
+    return (
+        desc.status == WorkflowExecutionStatus.RUNNING
+        and desc.typed_search_attributes.get(sa.PY_STATUS) != Status.RESOLVING.value
+        and not any(
+            c.workflow_type_name == "InvitationWorkflow"
+            for c in desc.raw_description.pending_children
+        )
+    )
 
 
 def _refused(req: DeliverCommand, detail: str) -> CommandOutcome:

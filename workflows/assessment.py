@@ -269,6 +269,7 @@ class AssessmentWorkflow(AssessmentV1):
                 tests_in_assessment=len(choice.tests),
                 adopt_invitation_id=earlier.get(child_ids[test.id]),
                 retake=input.retake,
+                retake_id=input.retake_id,
             ),
             id=child_ids[test.id],
             parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,

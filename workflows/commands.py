@@ -254,6 +254,7 @@ class CandidateCommandsWorkflow:
                 opportunity_id=input.opportunity_id,
                 stage=stages[target.stage_id],
                 target=target,
+                retake_id=workflow.info().run_id,
             ))  # fmt: skip
 
     async def _deliver(self, command: Command, invitation: str) -> None:

@@ -62,7 +62,7 @@ def invitation_workflow_id(assessment_id: str, test_id: str) -> str:
     return f"{assessment_id}:{test_id}"
 
 
-def idempotency_key(reference: str, stage_entry: int, retake: int = 0) -> str:
+def idempotency_key(reference: str, stage_entry: int, retake_id: str = "") -> str:
     """Py's ``Idempotency-Key`` for an invitation: one invitation per entry into the stage.
 
     The first entry uses the reference (the child's workflow id) as it is; the n-th
@@ -71,11 +71,12 @@ def idempotency_key(reference: str, stage_entry: int, retake: int = 0) -> str:
     and re-delivered webhooks of the same entry keep the key, so Py answers with
     the same invitation.
 
-    A recruiter's n-th ``Py - Retake`` of the assessment appends ``#retake<n>``: a new
-    invitation for the same test.
+    A recruiter's ``Py - Retake`` appends ``#retake-<id>``, the id of the command's run:
+    a new invitation for the same test, whatever runs came between (a count kept in a
+    run's memo could start over and hand back an earlier retake's invitation).
     """
     key = reference if stage_entry <= 1 else f"{reference}#{stage_entry}"
-    return key if retake <= 0 else f"{key}#retake{retake}"
+    return f"{key}#retake-{retake_id}" if retake_id else key
 
 
 _REFERENCE = re.compile(rf"{WORKFLOW_ID_PREFIX}:[^:\s]+:[^:\s]+:[^:\s]+:[^:\s]+")

@@ -268,7 +268,7 @@ class InvitationWorkflow(InvitationV1):
             candidate_name=input.candidate_name,
             candidate_email=input.candidate_email,
             idempotency_key=decisions.idempotency_key(
-                workflow.info().workflow_id, input.stage_entry, input.retake
+                workflow.info().workflow_id, input.stage_entry, input.retake_id
             ),
         )
         # Shielded: an operator cancel while Py creates it must still learn its id to cancel it.

@@ -34,6 +34,7 @@ class CommandKind(StrEnum):
 COMMAND_TAGS: tuple[str, ...] = tuple(kind.value for kind in CommandKind)
 
 RETAKE_MEMO = "retake"  # an assessment run's memo: which retake it is (absent: none)
+RETAKE_ID_MEMO = "retake_id"  # and the command that started it
 
 # How long one run of an account's watch lasts (its Schedule starts the next): the
 # interval of the schedule, unless ``commands_every`` is longer.
@@ -134,3 +135,4 @@ class RetakeRequest(_Record):
     opportunity_id: str
     stage: PlannedStage
     target: AssessmentTarget
+    retake_id: str  # unique per command run: Py's idempotency key of the new invitation

@@ -78,6 +78,7 @@ class AssessmentInput(_Record):
     # assessment sends a new invitation for these tests (no test choice, nothing adopted).
     retake: int = 0
     retake_tests: tuple[ChosenTest, ...] = ()
+    retake_id: str = ""  # the command's own id: part of Py's idempotency key (a new one each)
 
 
 class Candidate(_Record):
@@ -106,6 +107,7 @@ class InvitationInput(_Record):
     # (its clock kept: reminders and expiry count from Py's created_at), applied if completed.
     adopt_invitation_id: str | None = None
     retake: int = 0  # >0: a recruiter's retake: a new idempotency key; the verdict replaces
+    retake_id: str = ""  # which retake (``AssessmentInput.retake_id``)
 
 
 class InvitationRecord(_Record):

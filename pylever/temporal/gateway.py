@@ -34,7 +34,7 @@ from temporalio.exceptions import ApplicationError, FailureError, WorkflowAlread
 from temporalio.service import RPCError, RPCStatusCode
 
 from pylever.contracts import search_attributes as sa
-from pylever.contracts.commands import RETAKE_MEMO
+from pylever.contracts.commands import RETAKE_ID_MEMO, RETAKE_MEMO
 from pylever.contracts.records import (
     RERUNNABLE,
     AssessmentInput,
@@ -224,14 +224,14 @@ class Gateway:
                 workflow_id,
                 WorkflowIDReusePolicy.ALLOW_DUPLICATE,
                 account_priority(input.account_id),
-                memo={RETAKE_MEMO: input.retake},
+                memo={RETAKE_MEMO: input.retake, RETAKE_ID_MEMO: input.retake_id},
             )
             if started.status == "started":
                 return started
             running = await self.client.get_workflow_handle(workflow_id).describe(
                 rpc_timeout=RPC_TIMEOUT
             )
-            if (await running.memo()).get(RETAKE_MEMO) == input.retake:
+            if (await running.memo()).get(RETAKE_ID_MEMO) == input.retake_id:
                 return Started("started", workflow_id)  # this very retake, started before
             return started
         except Exception as exc:

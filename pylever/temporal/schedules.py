@@ -251,8 +251,10 @@ async def _apply(
         ):
             changes.deleted.append(account_id)
     if changes.created or changes.updated or changes.deleted:
-        log_event(log, f"{kind.name} schedules written", created=changes.created,
-                  updated=changes.updated, deleted=changes.deleted)  # fmt: skip
+        # Not ``created=``: a LogRecord attribute (logging raises KeyError for it, and the
+        # schedules written after this one were never written).
+        log_event(log, f"{kind.name} schedules written", created_for=changes.created,
+                  updated_for=changes.updated, deleted_for=changes.deleted)  # fmt: skip
     return changes
 
 

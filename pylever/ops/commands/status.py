@@ -26,13 +26,16 @@ from pylever.ops.commands.common import (
 
 
 def render_status(body: Mapping[str, Any]) -> str:
-    rows = list(body.get("assessments") or [])
+    listed = list(body.get("assessments") or [])
+    rows = [r for r in listed if r.get("kind") != "commands"]  # commands: their own section
     head = (
         f"account {body.get('account_id')}  opportunity {body.get('opportunity_id')}  "
         f"{len(rows)} assessment{'' if len(rows) == 1 else 's'}"
     )
+    commands = command_lines(listed)
+    said = "\n\nrecruiter commands:\n" + "\n".join(commands) if commands else ""
     if not rows:
-        return head + "\n(none: Temporal holds no assessment of this candidate)"
+        return head + "\n(none: Temporal holds no assessment of this candidate)" + said
     headers = [
         "kind",
         "test",
@@ -62,20 +65,18 @@ def render_status(body: Mapping[str, Any]) -> str:
         ]
         for r in rows
     ]
-    ids = "\n".join(f"  {r.get('workflow_id')}" for r in rows)
+    ids = "\n".join(f"  {r.get('workflow_id')}" for r in listed)
     waits = [
         f"  {text(r.get('kind'))} {text(r.get('test'))}: {waiting_text(r['waiting'])}"
         for r in rows
         if isinstance(r.get("waiting"), Mapping)
     ]
     waiting = "\n\nretrying (running assessments):\n" + "\n".join(waits) if waits else ""
-    commands = command_lines(rows)
-    said = "\n\nrecruiter commands:\n" + "\n".join(commands) if commands else ""
     return f"{head}\n\n{table(headers, cells)}{waiting}{said}\n\nworkflow ids (Temporal UI):\n{ids}"
 
 
 def command_lines(rows: list[Mapping[str, Any]]) -> list[str]:
-    """``  2026-11-30 10:00 UTC  Py - Resend: applied (Py sent the invitation email again)``,
+    """``  2026-11-30 10:00:01Z  Py - Resend: applied (Py sent the invitation email again)``,
     from the candidate's command runs (the outcomes there include those of invitations)."""
     lines = []
     for r in rows:

@@ -198,3 +198,31 @@ def test_configure_logging_installs_json_on_root():
         root.setLevel(saved_level)
         logging.getLogger("httpx").setLevel(httpx_level)
         logging.getLogger("httpcore").setLevel(httpcore_level)
+
+
+def test_no_log_event_call_names_a_field_logging_reserves():
+    """``log_event(..., created=...)`` raises KeyError inside ``logging`` (a LogRecord
+    attribute), but only when the level is enabled: at INFO in production, not in tests.
+    It once stopped the schedule writes after the sweep's log line. Every call, read from
+    the source, uses only free names."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    reserved = set(vars(logging.LogRecord("n", logging.INFO, "p", 1, "m", None, None))) | {
+        "message",
+        "asctime",
+    }
+    offenders = []
+    for path in [*root.glob("*.py"), *root.glob("pylever/**/*.py"), *root.glob("activities/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", getattr(node.func, "attr", None)) == "log_event"
+            ):
+                offenders += [
+                    f"{path.relative_to(root)}:{node.lineno} {kw.arg}"
+                    for kw in node.keywords
+                    if kw.arg in reserved
+                ]
+    assert offenders == []

@@ -4,7 +4,10 @@
     .venv/bin/python -m sandbox.demo --fast     # skip the expiry wait
 
 Each step acts as a recruiter in Lever (sandbox control endpoints) or as a
-candidate at Py, then prints the candidate's tags as Lever shows them.
+candidate at Py, then prints the candidate's tags as Lever shows them. The recruiter
+also adds two command tags (issue 15): ``Py - Resend`` (Py reminds the candidate, the
+tag goes) and ``Py - Retake`` (a new invitation for the same test; its verdict replaces
+the earlier one). config/demo.toml looks for them every 2 s (``commands_every``).
 """
 
 from __future__ import annotations
@@ -54,6 +57,53 @@ class Demo:
                 return tags
             await asyncio.sleep(0.5)
 
+    async def add_tags(self, opportunity_id: str, tags: list[str]) -> list[str]:
+        """The recruiter adds tags in Lever's UI (Lever sends no webhook for that)."""
+        r = await self.http.post(
+            f"{self.lever}/_sandbox/candidates/{opportunity_id}/tags", json={"add": tags}
+        )
+        r.raise_for_status()
+        return r.json()["tags"]
+
+    async def wait_tags(
+        self, opportunity_id: str, present: list[str], absent: list[str], within: float = 30
+    ) -> list[str]:
+        """The candidate's tags once ``present`` are there and ``absent`` gone (or at the deadline)."""
+        deadline = time.monotonic() + within
+        while True:
+            tags = await self.tags(opportunity_id)
+            done = all(t in tags for t in present) and not any(t in tags for t in absent)
+            if done or time.monotonic() > deadline:
+                return tags
+            await asyncio.sleep(0.5)
+
+    async def wait_report(self, opportunity_id: str, within: float = 30) -> list[str]:
+        """The links on the candidate in Lever once Py's report link is among them."""
+        deadline = time.monotonic() + within
+        while True:
+            r = await self.http.get(f"{self.lever}/_sandbox/candidates/{opportunity_id}")
+            r.raise_for_status()
+            links = r.json().get("links", [])
+            if any("/reports/" in link for link in links) or time.monotonic() > deadline:
+                return links
+            await asyncio.sleep(0.5)
+
+    async def invitations_of(self, opportunity_id: str, count: int, within: float = 30) -> list:
+        """The candidate's invitations at Py, oldest first, once there are ``count``."""
+        deadline = time.monotonic() + within
+        while True:
+            r = await self.http.get(f"{self.py}/_sandbox/invitations")
+            r.raise_for_status()
+            found = [i for i in r.json() if f":{opportunity_id}:" in i["reference"]]
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{len(found)} invitation(s) for {opportunity_id} after {within:.0f}s, "
+                    f"not {count}"
+                )
+            await asyncio.sleep(0.5)
+
     async def invitation_for(self, opportunity_id: str, within: float = 30) -> dict:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
@@ -87,17 +137,31 @@ def show(label: str, tags: list[str]) -> None:
 
 
 async def tour(demo: Demo, fast: bool) -> None:
-    print("1. Ada enters 'Py Assessment' (default test Python Basics), scores 92 -> Pass")
+    print(
+        "1. Ada enters 'Py Assessment' (default test Python Basics), lost the email: the "
+        "recruiter resends it; she scores 92 -> Pass"
+    )
     ada = await demo.candidate("Ada Lovelace", "ada@example.com", [])
     hook = await demo.move(ada, "Py Assessment")
     print(f"   webhook answered {hook['status']} {hook['body']}")
     show("after the webhook", await demo.wait_tag(ada, "Py - Invited"))
     invitation = await demo.invitation_for(ada)
+    print("   the recruiter adds the tag 'Py - Resend' to Ada in Lever ...", flush=True)
+    show("the recruiter's tag", await demo.add_tags(ada, ["Py - Resend"]))
+    invitation = await demo.wait_reminders(ada, 1, within=30)
+    tags = await demo.wait_tags(ada, [], ["Py - Resend"])
+    gone = "removed" if "Py - Resend" not in tags else "still there"
+    print(
+        f"   resend: Py reminded Ada (reminders sent: {invitation['reminders']}); "
+        f"the tag 'Py - Resend' is {gone}"
+    )
+    show("after the resend", tags)
     await demo.complete(invitation["id"], 92)
     show("after Py's result", await demo.wait_tag(ada, "Py - Pass"))
 
     print(
-        "2. Linus has the tag 'Algorithms' (a Py test name): it overrides the default; 55 -> Needs Review"
+        "2. Linus has the tag 'Algorithms' (a Py test name): it overrides the default; 55 -> Needs Review;"
+        "\n   his connection dropped: the recruiter has him retake the test; 85 -> Pass"
     )
     linus = await demo.candidate("Linus Torvalds", "linus@example.com", ["Algorithms"])
     await demo.move(linus, "Py Assessment")
@@ -106,6 +170,20 @@ async def tour(demo: Demo, fast: bool) -> None:
     print(f"   invitation for test {invitation['test_id']}")
     await demo.complete(invitation["id"], 55)
     show("after Py's result", await demo.wait_tag(linus, "Py - Needs Review"))
+    await demo.wait_report(linus)  # the recruiter reads Py's report first
+    print("   the recruiter adds the tag 'Py - Retake' to Linus in Lever ...", flush=True)
+    show("the recruiter's tag", await demo.add_tags(linus, ["Py - Retake"]))
+    first, retake = (await demo.invitations_of(linus, 2))[:2]
+    print(
+        f"   retake: a new invitation {retake['id']} for test {retake['test_id']} "
+        f"(the first, {first['id']}, stays {first['status']})"
+    )
+    show("after the retake", await demo.wait_tags(linus, ["Py - Invited"], ["Py - Retake"]))
+    await demo.complete(retake["id"], 85)
+    show(
+        "after the retake's result (verdict replaced)",
+        await demo.wait_tags(linus, ["Py - Pass"], ["Py - Needs Review", "Py - Invited"]),
+    )
 
     print("3. Grace has no email address")
     grace = await demo.candidate("Grace Hopper", None, [])

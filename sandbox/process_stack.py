@@ -112,6 +112,9 @@ class StackOptions:
     expire_after: str = "7d"
     sweep_every: str = "off"  # the reconciliation sweep (issue 14); "off": no schedule
     sweep_lookback: str = "3d"
+    # How often the worker looks for the recruiters' command tags (issue 15). None: not in
+    # the file, so the config's default (1m); the command watch runs either way.
+    commands_every: str | None = None
     # The workers check the config against Lever and Py at start (pylever/ops/checks.py,
     # logging "startup checks done"); start-up waits for that too.
     startup_checks: bool = True
@@ -198,6 +201,7 @@ class ProcessStack:
         lines += toml_table("[defaults]", {
             "reminders": list(o.reminders), "expire_after": o.expire_after,
             "sweep_every": o.sweep_every, "sweep_lookback": o.sweep_lookback,
+            "commands_every": o.commands_every,
         })  # fmt: skip
         lines += toml_table("[[accounts]]", {
             "id": ACCOUNT,
@@ -442,6 +446,16 @@ class ProcessStack:
             body["advanced_at"] = advanced_at
         return str((await self._lever("POST", "/candidates", json=body))["id"])
 
+    async def recruiter_tags(
+        self, opportunity_id: str, *, add: Sequence[str] = (), remove: Sequence[str] = ()
+    ) -> list[str]:
+        """A recruiter edits the candidate's tags in Lever's UI (no webhook, no API write),
+        e.g. adds a command tag (``Py - Resend``); returns the tags now."""
+        body = {"add": list(add), "remove": list(remove)}
+        return list(
+            (await self._lever("POST", f"/candidates/{opportunity_id}/tags", json=body))["tags"]
+        )
+
     async def move(self, opportunity_id: str, stage: str = TRIGGER_STAGE) -> dict[str, Any]:
         """Move as a recruiter; returns the webhook's first attempt ``{status, body, delivery}``.
 
@@ -523,6 +537,10 @@ class ProcessStack:
         return await self.eventually(
             probe, timeout, what=f"{count} invitation(s) of {opportunity_id}"
         )
+
+    async def invitation(self, invitation_id: str) -> dict[str, Any]:
+        """One invitation as Py holds it (``status``, ``reminders``, ``idempotency_key``, ...)."""
+        return dict(await self._py("GET", f"/invitations/{invitation_id}"))
 
     async def complete(
         self, invitation_id: str, score: float, *, callback: bool = True

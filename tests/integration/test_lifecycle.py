@@ -3,7 +3,8 @@
 Reminders at 2 d and 5 d, expiry at 7 d (the stack's config has no ``[defaults]``,
 so the built-in ones apply), lost callbacks recovered at a reminder, expiry
 versus a racing result, ``invitation.started`` / ``invitation.expired``
-callbacks, archive and delete in Lever, and re-entry after an archive.
+callbacks, archive and delete in Lever, re-entry after an archive, the sweep
+(issue 14) and the recruiters' command tags (issue 15: extend, resend, cancel, retake).
 
 The whole stack (tests/support/integration_stack.py) runs on a dev server with
 per-workflow time skipping (``sandbox.devserver.start_time_skipping``).
@@ -25,8 +26,13 @@ How time is driven here:
   while a reminder or the expiry talks to Py.
 - Virtual times are read from the child's history (event times are virtual)
   and its memo (``sent_at``, ``next_check_at`` come from ``workflow.now()``).
-- The worker keeps the environment's client: it starts no workflow itself (the
-  server starts children, which inherit the parent's config: none).
+- The worker keeps the environment's client. The server starts children, which
+  inherit the parent's config (none), but a workflow the worker's activities start
+  with that client (a sweep's assessment, a recruiter's retake via
+  ``Gateway.start_retake``) is stamped and skips on its own. The command tests run
+  their look (``command``) inside ``env.with_time_skipping_disabled()``, which turns
+  the stamping off for the worker too (the same client object), so a retake's new
+  week is driven by the test like the first one.
 - Deleting closed executions is slow on a default dev server (~34 s): the server
   here gets ``FAST_DELETE_ARGS`` (~4 s), see there.
 """
@@ -51,6 +57,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from pylever.contracts import search_attributes as sa
+from pylever.contracts.commands import COMMAND_TAGS, CommandOutcome, CommandWatchInput
 from pylever.contracts.records import AssessmentResult, Status
 from sandbox.devserver import (
     FAST_DELETE_ARGS,
@@ -60,7 +67,13 @@ from sandbox.devserver import (
 )
 from sandbox.lever import PY_ASSESSMENT_STAGE_ID
 from tests.support.integration_stack import ADMIN_TOKEN, Stack, running_stack
-from tests.support.pipeline_support import PY_TESTS, assessment_id, lever_control_url
+from tests.support.pipeline_support import (
+    PY_TESTS,
+    assessment_id,
+    candidate_status,
+    lever_control_url,
+)
+from workflows.commands import CommandWatchWorkflow, candidate_commands_workflow_id
 from workflows.decisions import (
     TAG_EXPIRED,
     TAG_FAIL,
@@ -831,3 +844,261 @@ async def test_sweeps_leave_old_and_archived_alone_and_race_a_late_webhook_to_on
             await s.client.get_workflow_handle(
                 assessment_id("acme", opp, PY_ASSESSMENT_STAGE_ID)
             ).describe()
+
+
+# ------------------------------------------------------- recruiter commands (issue 15)
+
+
+async def command(lc: Lifecycle, opp: str, *tags: str) -> list[CommandOutcome]:
+    """A recruiter adds command tags in Lever; one look (what the account's schedule does
+    every ``commands_every``) applies them: the candidate's outcomes, once its tags are gone.
+
+    The look starts unstamped (as the sweep tests do), and stamping stays off until the
+    candidate's commands are done: a retake's new assessment is started by the worker's
+    activity (``Gateway.start_retake``) with the worker's client, the environment's own,
+    which would otherwise stamp it and skip it to its expiry by itself (module doc).
+    """
+    s = lc.stack
+    s.lever.recruiter_tags(opp, add=list(tags))
+    with lc.env.with_time_skipping_disabled():
+        await unstamped_client(lc.env).execute_workflow(
+            CommandWatchWorkflow.run,
+            CommandWatchInput(account_id="acme", window_seconds=0),
+            id=f"lifecycle-look-{uuid.uuid4().hex[:8]}",
+            task_queue=s.task_queue,
+            execution_timeout=timedelta(seconds=60),
+        )
+        handle = s.client.get_workflow_handle(
+            candidate_commands_workflow_id("acme", opp), result_type=list[CommandOutcome]
+        )
+        outcomes = await asyncio.wait_for(handle.result(), 60)
+    assert [o.command.value for o in outcomes] == list(tags), outcomes
+    assert not set(COMMAND_TAGS) & set(s.tags(opp))  # applied or not, the tag is gone
+    return outcomes
+
+
+def error_tags(lc: Lifecycle, opp: str) -> list[str]:
+    return [t for t in lc.stack.tags(opp) if t.startswith("Py - Error")]
+
+
+async def retaken(lc: Lifecycle, case: Case) -> Case:
+    """The retake's new invitation (same test, a new key: ``#retake-<the command run's
+    id>``), once the new run of the invitation workflow (same id) waits for its first check."""
+    s = lc.stack
+    commands_run = candidate_commands_workflow_id("acme", case.opp)
+    run_id = (await s.client.get_workflow_handle(commands_run).describe()).run_id
+
+    def new_invitation() -> dict[str, Any] | None:
+        found = [i for i in s.invitations(case.opp) if i["id"] != case.invitation_id]
+        return found[0] if found else None
+
+    new = await s.eventually(new_invitation)
+    assert len(s.invitations(case.opp)) == 2
+    assert new["test_id"] == PY_TESTS["Python Basics"]
+    assert new["idempotency_key"] == f"{case.child.id}#retake-{run_id}"
+    first = s.py.invitations[case.invitation_id].idempotency_key
+    assert first == case.child.id  # the first invitation's key: the reference as it is
+
+    async def waiting() -> dict[str, Any] | None:
+        memo = await details(case.child)  # the latest run
+        ready = memo.get("invitation_id") == new["id"] and memo.get("next_check_at")
+        return memo if ready else None
+
+    memo = await s.eventually(waiting)
+    async for event in case.child.fetch_history_events():  # its run skips no time by itself
+        started = event.workflow_execution_started_event_attributes
+        assert not started.time_skipping_config.enabled, started.time_skipping_config
+        break
+    await s.wait_tag(case.opp, TAG_INVITED)
+    return Case(
+        case.opp, case.parent_id, case.child, new["id"], datetime.fromisoformat(memo["sent_at"])
+    )
+
+
+@pytest.mark.parametrize("extend_on_day", [6, 3])
+async def test_extend_moves_the_expiry_past_the_original_week(
+    lc: Lifecycle, extend_on_day: int
+) -> None:
+    """Py - Extend on day 6 (or 3, before the 5-day reminder): still open on day 8,
+    expires at 7 + 3 = 10 days; the reminders keep their times (2 d, 5 d)."""
+    case = await invited(lc, f"Extra Extend Day{extend_on_day}")
+    assert await fast_forward(lc, case, extend_on_day) is True
+    assert reminders(lc, case) == (2 if extend_on_day > 5 else 1)
+
+    [outcome] = await command(lc, case.opp, "Py - Extend")
+    assert outcome.applied and outcome.target == case.child.id, outcome
+    expires = case.sent_at + timedelta(days=10)
+    assert outcome.detail == f"expiry moved to {expires.isoformat()}"
+
+    # The next check: the 5-day reminder where it was, else the moved expiry.
+    next_check = case.sent_at + timedelta(days=5) if extend_on_day < 5 else expires
+
+    async def moved() -> dict[str, Any] | None:
+        memo = await details(case.child)
+        times = (memo.get("expires_at"), memo.get("next_check_at"))
+        return memo if times == (expires.isoformat(), next_check.isoformat()) else None
+
+    memo = await lc.stack.eventually(moved)
+    assert [(c["command"], c["applied"]) for c in memo["commands"]] == [("Py - Extend", True)]
+
+    assert await fast_forward(lc, case, 8 - extend_on_day) is True  # past the original expiry
+    assert (await details(case.child))["status"] == "invited"
+    assert py_status(lc, case) == "invited"
+    assert py_tags(lc, case.opp) == {TAG_INVITED}
+    assert lc.stack.lever.count_api_writes(case.opp, "addTags", TAG_EXPIRED) == 0
+    assert lc.py_spy.requests("POST", f"{case.inv_path}/cancel") == []
+    assert reminders(lc, case) == 2
+
+    assert await fast_forward(lc, case, None) is False
+    res = await result(lc, case)
+    assert res.status == Status.EXPIRED
+    assert py_tags(lc, case.opp) == {TAG_EXPIRED}
+    assert py_status(lc, case) == "cancelled"
+    assert reminders(lc, case) == 2
+    marks = await activity_marks(case)
+    assert_about(at(marks, "py.remind"), [2, 5], "reminders")  # not moved
+    assert_about(at(marks, "py.get_invitation"), [2, 5, 10], "status checks")
+    assert_about(at(marks, "py.cancel"), [10], "cancel")
+    assert error_tags(lc, case.opp) == []
+
+
+async def test_extend_with_nothing_open_is_not_applicable(lc: Lifecycle) -> None:
+    case = await invited(lc, "Ned Nothingopen")
+    assert await fast_forward(lc, case, None) is False
+    await lc.stack.wait_tag(case.opp, TAG_EXPIRED)
+    writes = len(lc.stack.lever.api_writes(case.opp))
+
+    [outcome] = await command(lc, case.opp, "Py - Extend")
+    assert not outcome.applied
+    assert outcome.detail == "no open invitation (the assessment is expired)"
+    assert py_tags(lc, case.opp) == {TAG_EXPIRED}
+    assert error_tags(lc, case.opp) == []
+    # One write: the command tag's removal (a recruiter's tag edit is no API write).
+    [removal] = lc.stack.lever.api_writes(case.opp)[writes:]
+    assert removal["op"] == "removeTags" and removal["values"] == ["Py - Extend"], removal
+    assert py_status(lc, case) == "cancelled" and reminders(lc, case) == 2
+
+    async def status_row() -> dict[str, Any] | None:
+        rows = await candidate_status(lc.stack, "acme", case.opp)
+        found = [r for r in rows if r.get("kind") == "commands" and r.get("tags_removed")]
+        return found[0] if found else None
+
+    row = await lc.stack.eventually(status_row)
+    assert [(o["command"], o["applied"], o["detail"]) for o in row["outcomes"]] == [
+        ("Py - Extend", False, outcome.detail)
+    ]
+
+
+async def test_retake_after_expiry_is_a_new_invitation_with_its_own_week(lc: Lifecycle) -> None:
+    s = lc.stack
+    case = await invited(lc, "Rex Retakexpired")
+    assert await fast_forward(lc, case, None) is False
+    assert (await result(lc, case)).status == Status.EXPIRED
+    assert py_tags(lc, case.opp) == {TAG_EXPIRED}
+
+    [outcome] = await command(lc, case.opp, "Py - Retake")
+    assert outcome.applied and outcome.target == case.parent_id, outcome
+    again = await retaken(lc, case)
+    await s.eventually(lambda: TAG_EXPIRED not in s.tags(case.opp))  # stale now
+    assert py_tags(lc, case.opp) == {TAG_INVITED}
+    memo = await details(case.child)
+    assert datetime.fromisoformat(memo["next_check_at"]) - again.sent_at == timedelta(days=2)
+    parent = await s.client.get_workflow_handle(case.parent_id).describe()
+    assert (await parent.memo()).get("retake") == 1
+
+    # Its own week, counted from the new send: reminders at 2 d and 5 d, still open on day 6.
+    assert await fast_forward(lc, again, 6) is True
+    assert reminders(lc, again) == 2
+    assert reminders(lc, case) == 2  # the expired one is left alone
+    assert py_status(lc, again) == "invited"
+    assert_about(at(await activity_marks(again), "py.remind"), [2, 5], "retake's reminders")
+
+    await s.py.complete(again.invitation_id, 92)
+    res = await result(lc, again)
+    assert res.status == Status.COMPLETED
+    [inv] = res.invitations
+    assert inv.invitation_id == again.invitation_id and inv.verdict == "pass"
+    await s.eventually(lambda: py_tags(lc, case.opp) == {TAG_PASS})
+    links = s.lever.opportunity(case.opp)["links"]
+    assert links == [s.py.invitation(again.invitation_id)["report_url"]], links
+    assert error_tags(lc, case.opp) == []
+
+
+async def test_retake_after_a_fail_replaces_the_verdict(lc: Lifecycle) -> None:
+    s = lc.stack
+    case = await invited(lc, "Fay Failretake")
+    await s.py.complete(case.invitation_id, 30)
+    first = await result(lc, case)
+    assert first.status == Status.COMPLETED and first.invitations[0].verdict == "fail"
+    await s.eventually(lambda: py_tags(lc, case.opp) == {TAG_FAIL})
+
+    [outcome] = await command(lc, case.opp, "Py - Retake")
+    assert outcome.applied, outcome
+    again = await retaken(lc, case)
+    assert py_tags(lc, case.opp) == {
+        TAG_FAIL,
+        TAG_INVITED,
+    }  # the fail stands until the retake's result
+
+    await s.py.complete(again.invitation_id, 92)
+    res = await result(lc, again)
+    assert res.status == Status.COMPLETED
+    assert [(i.invitation_id, i.verdict) for i in res.invitations] == [
+        (again.invitation_id, "pass")
+    ]
+    await s.eventually(lambda: py_tags(lc, case.opp) == {TAG_PASS})
+    assert s.lever.count_api_writes(case.opp, "removeTags", TAG_FAIL) == 1
+    assert s.lever.count_api_writes(case.opp, "addTags", TAG_PASS) == 1
+    links = s.lever.opportunity(case.opp)["links"]
+    assert links == [
+        s.py.invitation(case.invitation_id)["report_url"],
+        s.py.invitation(again.invitation_id)["report_url"],
+    ], links
+
+
+async def test_resend_mid_week_reminds_once_now_and_keeps_the_schedule(lc: Lifecycle) -> None:
+    case = await invited(lc, "Rene Resend")
+    assert await fast_forward(lc, case, 3) is True
+    assert reminders(lc, case) == 1
+
+    [outcome] = await command(lc, case.opp, "Py - Resend")
+    assert outcome.applied and outcome.target == case.child.id, outcome
+    assert reminders(lc, case) == 2  # at once, by exactly one
+
+    assert await fast_forward(lc, case, 3) is True  # day 6
+    assert reminders(lc, case) == 3
+    assert await fast_forward(lc, case, None) is False
+    assert (await result(lc, case)).status == Status.EXPIRED
+    assert reminders(lc, case) == 3
+    marks = await activity_marks(case)
+    assert_about(at(marks, "py.remind"), [2, 3, 5], "reminders")
+    assert_about(at(marks, "py.get_invitation"), [2, 5, 7], "status checks")
+    assert_about(at(marks, "py.cancel"), [7], "cancel")  # the expiry did not move
+
+
+async def test_cancel_mid_week_cancels_at_py_without_a_verdict(lc: Lifecycle) -> None:
+    s = lc.stack
+    case = await invited(lc, "Cora Cancelled")
+    assert await fast_forward(lc, case, 4) is True
+    assert reminders(lc, case) == 1
+
+    [outcome] = await command(lc, case.opp, "Py - Cancel")
+    assert outcome.applied and outcome.target == case.child.id, outcome
+    assert py_status(lc, case) == "cancelled"
+    res = await result(lc, case)
+    assert res.status == Status.CANCELLED
+    [inv] = res.invitations
+    assert inv.status == Status.CANCELLED and inv.verdict is None
+    assert py_tags(lc, case.opp) == set()
+    assert s.lever.count_api_writes(case.opp, "removeTags", TAG_INVITED) == 1
+    for verdict in (TAG_PASS, TAG_FAIL, TAG_NEEDS_REVIEW, TAG_EXPIRED):
+        assert s.lever.count_api_writes(case.opp, "addTags", verdict) == 0
+    assert s.lever.count_api_writes(case.opp, "addLinks") == 0
+    assert error_tags(lc, case.opp) == []
+    desc = await case.child.describe()
+    assert desc.status == WorkflowExecutionStatus.COMPLETED  # closed: no timer left
+    assert desc.typed_search_attributes.get(sa.PY_STATUS) == "cancelled"
+    assert reminders(lc, case) == 1
+    marks = await activity_marks(case)
+    assert_about(at(marks, "py.remind"), [2], "reminders")
+    assert_about(at(marks, "py.cancel"), [4], "cancel")

@@ -44,12 +44,14 @@ from pylever.contracts.commands import (
     CommandTargets,
     CommandTargetsRequest,
     DeliverCommand,
+    PreviousCommands,
     RetakeRequest,
 )
 from pylever.contracts.records import (
     AssessmentInput,
     AssessmentResult,
     ChosenTest,
+    OpportunityRef,
     Status,
 )
 from pylever.ops.logs import log_event
@@ -117,9 +119,27 @@ class CommandActivities:
         deadline = time.monotonic() + CLOSING_WAIT
         while True:
             desc = await handle.describe()
-            if not _closing(desc) or time.monotonic() > deadline:
+            if not await self._closing(desc) or time.monotonic() > deadline:
                 return desc
             await asyncio.sleep(0.5)
+
+    async def _closing(self, desc: WorkflowExecutionDescription) -> bool:
+        """Running, past starting its invitations, and none of them running any more (the
+        parent's list of pending children can lag a child's close: each is asked)."""
+        if (
+            desc.status != WorkflowExecutionStatus.RUNNING
+            or desc.typed_search_attributes.get(sa.PY_STATUS) == Status.RESOLVING.value
+        ):
+            return False
+        for child in desc.raw_description.pending_children:
+            if child.workflow_type_name != "InvitationWorkflow":
+                continue
+            state = await self._client.get_workflow_handle(
+                child.workflow_id, run_id=child.run_id
+            ).describe()
+            if state.status == WorkflowExecutionStatus.RUNNING:
+                return False
+        return True
 
     async def _target(
         self, req: CommandTargetsRequest, stage_id: str, desc: WorkflowExecutionDescription
@@ -133,6 +153,7 @@ class CommandActivities:
             workflow_id=desc.id,
             running=desc.status == WorkflowExecutionStatus.RUNNING,
             status=status,
+            closed_at=desc.close_time,
             retakes=retakes if isinstance(retakes, int) else 0,
         )
         if target.running:
@@ -175,6 +196,24 @@ class CommandActivities:
                 test_id = wf.id[len(prefix) :]
                 tests[test_id] = ChosenTest(id=test_id, name=name)
         return tuple(tests.values())
+
+    @CommandActivity.previous.implementation
+    async def previous(self, req: OpportunityRef) -> PreviousCommands:
+        """The candidate's latest closed command run that handled commands: if it could not
+        remove their tags, those commands are applied already and must not be again."""
+        workflow_id = decisions.candidate_commands_workflow_id(req.account_id, req.opportunity_id)
+        query = f"WorkflowId = {sa.quote(workflow_id)} AND ExecutionStatus != 'Running'"
+        latest: tuple[datetime, str, dict[str, Any]] | None = None
+        async for wf in self._client.list_workflows(query):
+            details = (await wf.memo()).get("commands")
+            closed = wf.close_time or wf.start_time
+            if isinstance(details, dict) and details.get("commands"):
+                if latest is None or closed > latest[0]:
+                    latest = (closed, wf.run_id, details)
+        if latest is None or latest[2].get("tags_removed"):
+            return PreviousCommands()
+        handled = latest[2].get("commands") or []
+        return PreviousCommands(unremoved=tuple(str(t) for t in handled), workflow_run=latest[1])
 
     @CommandActivity.deliver.implementation
     async def deliver(self, req: DeliverCommand) -> CommandOutcome:
@@ -224,18 +263,6 @@ class CommandActivities:
             target=started.workflow_id,
             at=datetime.now(UTC),
         )
-
-
-def _closing(desc: WorkflowExecutionDescription) -> bool:
-    """Running, past starting its invitations, none of them running any more."""
-    return (
-        desc.status == WorkflowExecutionStatus.RUNNING
-        and desc.typed_search_attributes.get(sa.PY_STATUS) != Status.RESOLVING.value
-        and not any(
-            c.workflow_type_name == "InvitationWorkflow"
-            for c in desc.raw_description.pending_children
-        )
-    )
 
 
 def _refused(req: DeliverCommand, detail: str) -> CommandOutcome:

@@ -34,6 +34,7 @@ from pylever.clients.lever import LeverClient
 from pylever.contracts.activities import LeverActivity
 from pylever.contracts.commands import (
     COMMAND_TAGS,
+    CandidateTags,
     CommandedCandidate,
     CommandedPage,
     ListCommanded,
@@ -252,9 +253,9 @@ class LeverActivities:
         )
 
     @LeverActivity.read_tags.implementation
-    async def read_tags(self, req: OpportunityRef) -> tuple[str, ...]:
-        """The opportunity's tags now (a recruiter's command tags among them)."""
+    async def read_tags(self, req: OpportunityRef) -> CandidateTags:
+        """The opportunity's tags now (a recruiter's command tags among them), archived or not."""
         client = await self._client(req.account_id)
         with self._lever_calls(req.account_id):
             opp = await client.get_opportunity(req.opportunity_id)
-        return tuple(opp.tags)
+        return CandidateTags(tags=tuple(opp.tags), archived=opp.is_archived)

@@ -501,8 +501,10 @@ class LeverSandbox:
         raw, headers = self._signed(event, data)
         return await self._deliverer.deliver(event, self.webhook_url, raw, headers)
 
-    def _log_write(self, opp: JSON, op: str, values: list[str], changed: list[str]) -> None:
-        now = now_ms()
+    def _log_write(
+        self, opp: JSON, op: str, values: list[str], changed: list[str], at: int | None = None
+    ) -> None:
+        now = now_ms() if at is None else at
         opp["updatedAt"] = now
         entry = {"at": now, "op": op, "values": values, "changed": changed}
         self.writes.setdefault(opp["id"], []).append(entry)
@@ -667,7 +669,8 @@ class LeverSandbox:
         if not any(s["id"] == stage for s in self.stages):
             raise LeverError(400, "BadRequest", f"unknown stage id {stage!r}")
         from_stage = self._move(opp, stage, API_USER_ID)
-        self._log_write(opp, "stage", [stage], [stage])
+        # One instant for the move and its log (a second clock read could cross a ms).
+        self._log_write(opp, "stage", [stage], [stage], at=opp["updatedAt"])
         if self.api_stage_webhooks and self.webhook_url:
             data = {**self._webhook_ids(opp), "toStageId": stage, "fromStageId": from_stage}
             raw, headers = self._signed("candidateStageChange", data)

@@ -235,7 +235,7 @@ class AssessmentWorkflow(AssessmentV1):
             self.state.withdrawal.reason if self.state.withdrawal is not None else None
         ) or decisions.reason_of_cancelled_children(results)
         if len(choice.tests) > 1 and self.state.withdrawal is None:
-            reason = await self._conclude_several(lever, results)
+            reason = await self._conclude_several(lever, results) or reason
         return self._end(decisions.overall_status(results), reason, tuple(results))
 
     def _account_removed(self) -> AssessmentResult | None:

@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
     from pylever.contracts.activities import CommandActivity, LeverActivity
     from pylever.contracts.commands import (
         CandidateCommandsInput,
+        CandidateTags,
         Command,
         CommandKind,
         CommandOutcome,
@@ -47,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         CommandWatchInput,
         DeliverCommand,
         ListCommanded,
+        PreviousCommands,
         RetakeRequest,
     )
     from pylever.contracts.errors import UNKNOWN_ACCOUNT
@@ -59,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
         error_message,
         failure_type,
     )
+    from workflows.decisions import candidate_commands_workflow_id
 
 TEMPORAL_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)
@@ -66,10 +69,6 @@ TEMPORAL_RETRY = RetryPolicy(
 
 
 TAG_REMOVAL_HORIZON = timedelta(days=7)
-
-
-def candidate_commands_workflow_id(account_id: str, opportunity_id: str) -> str:
-    return f"commands:{account_id}:{opportunity_id}"
 
 
 # --- the watch ---------------------------------------------------------------------
@@ -111,7 +110,13 @@ class CommandWatchWorkflow:
             workflow.logger.info("account %s is not configured: no look", input.account_id)
             return self.progress()  # removed from the configuration: its schedule goes too
         while True:
-            await self._look(input.account_id, plan)
+            try:
+                await self._look(input.account_id, plan)
+            except ActivityError as exc:
+                if failure_type(exc) != UNKNOWN_ACCOUNT:
+                    raise
+                workflow.logger.info("account %s was removed: no more looks", input.account_id)
+                break
             if input.window_seconds <= 0:
                 break  # one look (tests, operators)
             # The next look (or the next run's first) is commands_every after this one.
@@ -188,18 +193,17 @@ class CandidateCommandsWorkflow:
         # Removing the tags is retried for a week (this run stays open meanwhile, so no
         # later look applies them again).
         lever = LeverOps(input.account_id, input.opportunity_id).durable(TAG_REMOVAL_HORIZON)
+        ref = OpportunityRef(account_id=input.account_id, opportunity_id=input.opportunity_id)
         try:
-            tags: tuple[str, ...] = await background_lever_call(
-                LeverActivity.read_tags,
-                OpportunityRef(account_id=input.account_id, opportunity_id=input.opportunity_id),
-                input.account_id,
+            now: CandidateTags = await background_lever_call(
+                LeverActivity.read_tags, ref, input.account_id
             )
         except ActivityError as exc:
             if is_cancelled_exception(exc):
                 raise
             workflow.logger.info("cannot read the candidate's tags: %s", error_message(exc))
             return []  # gone from Lever, or Lever failing for a day: the next look retries
-        self.state.commands = list(decisions.commands_in_order(tags))
+        self.state.commands = list(decisions.commands_in_order(now.tags))
         if not self.state.commands:
             return []  # an earlier run handled them after the listing: nothing to do
         workflow.upsert_search_attributes(
@@ -209,8 +213,22 @@ class CandidateCommandsWorkflow:
             ]
         )
         self._show()
+        previous: PreviousCommands = await call(
+            CommandActivity.previous,
+            ref,
+            start_to_close_timeout=timedelta(minutes=1),
+            schedule_to_close_timeout=COMMAND_HORIZON,
+            retry_policy=TEMPORAL_RETRY,
+        )
         for kind in self.state.commands:
-            await self._apply(input, kind)
+            if kind.value in previous.unremoved:
+                # Applied by the previous run, which could not remove the tag: once only.
+                self._note(kind, False, "applied already by the previous run (its tag "
+                           "could not be removed then); not applied again")  # fmt: skip
+            elif now.archived:
+                self._note(kind, False, "the candidate is archived")
+            else:
+                await self._apply(input, kind)
             self._show()
         await self._remove_tags(lever)
         self._show()

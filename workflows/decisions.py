@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import Enum
 
 from temporalio.common import Priority
@@ -55,6 +56,11 @@ WORKFLOW_ID_PREFIX = "assessment"
 
 def assessment_workflow_id(account_id: str, opportunity_id: str, stage_id: str) -> str:
     return f"{WORKFLOW_ID_PREFIX}:{account_id}:{opportunity_id}:{stage_id}"
+
+
+def candidate_commands_workflow_id(account_id: str, opportunity_id: str) -> str:
+    """One candidate's recruiter commands (``workflows.commands``): one run at a time."""
+    return f"commands:{account_id}:{opportunity_id}"
 
 
 def invitation_workflow_id(assessment_id: str, test_id: str) -> str:
@@ -416,9 +422,11 @@ def command_steps(command: CommandKind, targets: CommandTargets) -> CommandSteps
     if not assessments:
         return CommandSteps(not_applicable="the candidate has no Py assessment")
     if command is CommandKind.RETAKE:
-        finished = tuple(a for a in assessments if not a.running and a.finished_tests)
+        finished = [a for a in assessments if not a.running and a.finished_tests]
         if finished:
-            return CommandSteps(retakes=finished)
+            # The test the candidate took last (one trigger stage's), not every stage's.
+            latest = max(finished, key=lambda a: a.closed_at or _LONG_AGO)
+            return CommandSteps(retakes=(latest,))
         if any(a.running for a in assessments):
             return CommandSteps(
                 not_applicable="the test is still open (Py - Cancel it first to retake it)"
@@ -428,6 +436,9 @@ def command_steps(command: CommandKind, targets: CommandTargets) -> CommandSteps
     if invitations:
         return CommandSteps(invitations=invitations)
     return CommandSteps(not_applicable=f"no open invitation ({_latest(assessments)})")
+
+
+_LONG_AGO = datetime.min.replace(tzinfo=UTC)
 
 
 def _latest(assessments: Sequence[AssessmentTarget]) -> str:

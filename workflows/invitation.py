@@ -79,6 +79,12 @@ with workflow.unsafe.imports_passed_through():
     from workflows.versions import DURABLE
 _FINISHED_AT_PY = ("completed", "expired", "cancelled")  # nothing more will happen at Py
 _ENDED = (Status.COMPLETED, Status.EXPIRED, Status.CANCELLED, Status.ERROR)
+CANCEL_ANSWER = timedelta(minutes=10)  # a recruiter's Cancel is answered by then at the latest
+
+
+def _stops_moves(withdrawal: Withdrawal) -> bool:
+    return withdrawal.reason != decisions.RECRUITER_CANCELLED
+
 
 ArgT = TypeVar("ArgT")
 ResultT = TypeVar("ResultT")
@@ -366,6 +372,8 @@ class InvitationWorkflow(InvitationV1):
                     functools.partial(self._wake, extended), timeout=remaining
                 )
             except TimeoutError:
+                if state.extended_seconds != extended:
+                    continue  # an Extend in the same task as the timer: the new due time
                 return self._settled()
             if self._started_pending():
                 self._tag_started()
@@ -566,7 +574,9 @@ class InvitationWorkflow(InvitationV1):
             )
         self._set_status(Status.COMPLETED)
         target = decisions.move_target(verdict, settings) if alone else None
-        if target and state.withdrawal is None:
+        # A recruiter's Cancel that lost the race to the result moves the candidate like the
+        # result would have; an archive, a delete or an account removal does not.
+        if target and (state.withdrawal is None or not _stops_moves(state.withdrawal)):
             await self._write(
                 f"move the candidate to {target!r}", lambda: self._lever.move_to_stage(target)
             )
@@ -654,11 +664,16 @@ class InvitationWorkflow(InvitationV1):
         state = self.state
         if state.withdrawal is None:
             state.withdrawal = Withdrawal(reason="recruiter_cancelled")
-        await workflow.wait_condition(lambda: state.status in _ENDED)  # written (or cancelled)
+        try:  # written (or cancelled by an operator meanwhile)
+            await workflow.wait_condition(lambda: state.status in _ENDED, timeout=CANCEL_ANSWER)
+        except TimeoutError:  # Py (or Lever) slow: the cancel goes on; say so now
+            return self._record(
+                command, True, "cancelling at Py (slow to answer); the status follows"
+            )
         if state.status is Status.COMPLETED:
             return self._record(command, False, "the result arrived first and was applied")
         if state.status is Status.CANCELLED:
-            state.error = state.error or decisions.RECRUITER_CANCELLED_TEXT
+            state.error = decisions.RECRUITER_CANCELLED_TEXT
             return self._record(command, True, "cancelled at Py; in-progress tags removed")
         return self._record(command, False, f"the test ended {state.status.value}")
 

@@ -20,6 +20,7 @@ from typing import Any, Final, Generic, TypeVar
 from temporalio import activity
 
 from pylever.contracts.commands import (
+    CandidateTags,
     CommandedPage,
     CommandOutcome,
     CommandPlan,
@@ -28,6 +29,7 @@ from pylever.contracts.commands import (
     CommandTargetsRequest,
     DeliverCommand,
     ListCommanded,
+    PreviousCommands,
     RetakeRequest,
 )
 from pylever.contracts.records import (
@@ -86,7 +88,7 @@ class LeverActivity:
     list_commanded: Final = Activity[ListCommanded, CommandedPage](
         "lever.list_commanded", CommandedPage
     )
-    read_tags: Final = Activity[OpportunityRef, tuple[str, ...]]("lever.read_tags", tuple[str, ...])
+    read_tags: Final = Activity[OpportunityRef, CandidateTags]("lever.read_tags", CandidateTags)
 
 
 class PyActivity:
@@ -142,4 +144,7 @@ class CommandActivity:
         "commands.targets", CommandTargets
     )
     deliver: Final = Activity[DeliverCommand, CommandOutcome]("commands.deliver", CommandOutcome)
+    previous: Final = Activity[OpportunityRef, PreviousCommands](
+        "commands.previous", PreviousCommands
+    )
     retake: Final = Activity[RetakeRequest, CommandOutcome]("commands.retake", CommandOutcome)

@@ -75,6 +75,21 @@ class CommandedPage(_Record):
     next_offset: str | None = None
 
 
+class CandidateTags(_Record):
+    """A candidate's tags now (``lever.read_tags``), and whether it is archived."""
+
+    tags: tuple[str, ...] = ()
+    archived: bool = False
+
+
+class PreviousCommands(_Record):
+    """What the candidate's previous command run left: the commands it applied whose tags
+    it could not remove (Lever failing for a week): they are not applied again."""
+
+    unremoved: tuple[str, ...] = ()
+    workflow_run: str | None = None
+
+
 class CandidateCommandsInput(_Record):
     account_id: str
     opportunity_id: str
@@ -113,6 +128,7 @@ class AssessmentTarget(_Record):
     workflow_id: str
     running: bool
     status: Status | None = None  # PyStatus
+    closed_at: datetime | None = None  # a closed one's close time (a Retake takes the latest)
     open_invitations: tuple[str, ...] = ()  # running InvitationWorkflow children (ids)
     finished_tests: tuple[ChosenTest, ...] = ()  # closed: the tests an invitation was sent for
     retakes: int = 0  # how many retakes this assessment has had

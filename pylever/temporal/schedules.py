@@ -232,7 +232,11 @@ async def _apply(
             handle = await client.create_schedule(sid, schedule)
             changes.created.append(account_id)
             if kind.trigger_new:
-                await handle.trigger()  # now, not at the next multiple of the interval
+                try:  # now, not at the next multiple of the interval
+                    await handle.trigger()
+                except RPCError as exc:  # it runs at its next interval; the others still go
+                    log_event(log, f"{kind.name} schedule not triggered", logging.WARNING,
+                              account=account_id, error=exc.message)  # fmt: skip
             continue
         except ScheduleAlreadyRunningError:
             pass  # it exists (an earlier start, or another worker just now): compare

@@ -170,6 +170,7 @@ class Workers:
                     self.sweep.report,
                     self.commands.targets,
                     self.commands.deliver,
+                    self.commands.previous,
                     self.commands.retake,
                 ],
                 **self.options,

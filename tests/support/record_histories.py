@@ -629,7 +629,7 @@ async def record_recruiter_cancel(stack: Stack) -> Histories:
 
 async def record_retake(stack: Stack) -> Histories:
     """Issue 15: a fail (30), then ``Py - Retake``: a new run of the assessment for the same
-    test, a new invitation (``#retake1``), whose pass (92) replaces ``Py - Fail``."""
+    test, a new invitation (``#retake-<run id>``), whose pass (92) replaces ``Py - Fail``."""
     opp, parent_id, child, invitation_id = await waiting(stack, "Replay Retake")
     await stack.py.complete(invitation_id, 30)
     first = await stack.result(parent_id)

@@ -8,7 +8,7 @@ how often an account's watch runs; ``cli.py status`` prints the outcomes.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -132,11 +132,17 @@ def test_retake_goes_to_the_finished_assessment(status: Status):
     assert steps.invitations == () and steps.not_applicable is None
 
 
-def test_retake_goes_to_every_finished_stage_and_leaves_an_open_one_alone():
-    first, second = closed("s1", TEST), closed("s3", TEST, SQL, status=Status.EXPIRED)
-    steps = decisions.command_steps(RETAKE, targets(first, running("s2", "inv-2"), second))
-    assert steps.retakes == (first, second)
+def test_retake_goes_to_the_test_taken_last_and_leaves_an_open_one_alone():
+    day = datetime(2026, 11, 30, tzinfo=UTC)
+    older = closed("s1", TEST).model_copy(update={"closed_at": day})
+    latest = closed("s3", TEST, SQL, status=Status.EXPIRED).model_copy(
+        update={"closed_at": day + timedelta(hours=1)}
+    )
+    steps = decisions.command_steps(RETAKE, targets(latest, running("s2", "inv-2"), older))
+    assert steps.retakes == (latest,)  # one new invitation, not one per stage
     assert steps.invitations == () and steps.not_applicable is None
+    swapped = older.model_copy(update={"closed_at": day + timedelta(hours=2)})
+    assert decisions.command_steps(RETAKE, targets(latest, swapped)).retakes == (swapped,)
 
 
 def test_retake_while_the_test_is_open_says_cancel_it_first():

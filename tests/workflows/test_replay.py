@@ -537,6 +537,7 @@ DURABLE_CLAIMS: dict[str, Claim] = {
     f"{_D}commands-commanded": Claim(
         (
             "lever.read_tags",  # the tags now, not the listing's
+            "commands.previous",  # none left unremoved by an earlier run
             "commands.targets",  # Extend: the open invitation
             "commands.deliver",
             "commands.targets",  # Resend

@@ -31,12 +31,12 @@ from pylever.contracts.commands import (
 )
 from pylever.contracts.records import AssessmentResult, Status
 from pylever.temporal.schedules import apply_command_schedules, schedule_id
-from sandbox.lever import PY_ASSESSMENT_STAGE_ID
+from sandbox.lever import PY_ASSESSMENT_STAGE_ID, lever_error
 from sandbox.py import PyError
 from tests.support.integration_stack import Stack, running_stack
 from tests.support.pipeline_support import assessment_id, candidate_status, verdict_tags
-from workflows.commands import CommandWatchWorkflow, candidate_commands_workflow_id
-from workflows.decisions import BACKGROUND_PRIORITY_KEY
+from workflows.commands import CommandWatchWorkflow
+from workflows.decisions import BACKGROUND_PRIORITY_KEY, candidate_commands_workflow_id
 
 
 @pytest.fixture(scope="module")
@@ -574,3 +574,172 @@ async def test_command_schedules_follow_the_configuration(stack: Stack):
         for run_id in runs:  # on a queue no worker polls: they would wait an hour and more
             with contextlib.suppress(RPCError):
                 await stack.client.get_workflow_handle(run_id).terminate("test cleanup")
+
+
+# --- after review: Cancel + Retake, a Cancel losing to a Pass, archived, failed removal -------
+
+
+async def test_cancel_and_retake_in_one_look_restart_the_test(stack: Stack):
+    opp, first = await invited(stack, "Restart Rhea")
+    cancels = stack.py.stats.cancels
+    tagged(stack, opp, "Py - Retake", "Py - Cancel")
+
+    await look(stack)
+    outcomes = await commands_of(stack, opp)
+    assert [(o.command, o.applied) for o in outcomes] == [
+        (CommandKind.CANCEL, True),
+        (CommandKind.RETAKE, True),
+    ], outcomes
+    cancel, retake = outcomes
+    assert cancel.detail == "cancelled at Py; in-progress tags removed", cancel
+    # The Retake found the assessment closed (targets waits for it to close after the Cancel).
+    assert retake.detail.startswith("retake 1 started: a new invitation for Python Basics")
+    assert retake.target == assessment_id("acme", opp, PY_ASSESSMENT_STAGE_ID)
+    assert py_status(stack, first["id"]) == "cancelled"
+    assert stack.py.stats.cancels == cancels + 1
+
+    second = await stack.eventually(
+        lambda: [i for i in stack.invitations(opp) if i["id"] != first["id"]] or None
+    )
+    [again] = second
+    assert again["test_id"] == first["test_id"] == "tst_python_basics"
+    commands_run = await stack.client.get_workflow_handle(
+        candidate_commands_workflow_id("acme", opp)
+    ).describe()
+    assert again["idempotency_key"] == f"{first['idempotency_key']}#retake-{commands_run.run_id}"
+    assert py_status(stack, again["id"]) == "invited"
+    assert py_status(stack, first["id"]) == "cancelled"  # the new one did not reopen it
+    tags = await stack.wait_tag(opp, "Py - Invited")
+    assert command_tags(stack, opp) == [] and error_tags(stack, opp) == []
+    assert verdict_tags(tags) == set()
+    assert removals(stack, opp) == [["Py - Cancel", "Py - Retake"]]
+    retaken = await row_where(
+        stack, opp, "assessment", lambda r: r["retake"] == 1 and r["status"] == "invited"
+    )
+    assert retaken["execution_status"] == "running"
+    cancelled = await row_where(stack, opp, "assessment", lambda r: r["retake"] is None)
+    assert cancelled["status"] == "cancelled"
+
+
+async def test_a_cancel_losing_to_a_pass_still_moves_the_candidate(stack: Stack):
+    opp, invitation = await invited(stack, "Passing Pia")
+    on_site = stack.lever.resolve_stage("On-site interview")
+    assert stack.lever.opportunity(opp)["stage"] == PY_ASSESSMENT_STAGE_ID
+    cancels = stack.py.stats.cancels
+    # Completed at Py, its callback not sent: the Cancel reaches Py first and gets 409.
+    await stack.py.complete(invitation["id"], 95, callback=False)
+    tagged(stack, opp, "Py - Cancel")
+
+    await look(stack)
+    [outcome] = await commands_of(stack, opp)
+    assert outcome.command is CommandKind.CANCEL and not outcome.applied, outcome
+    assert outcome.detail == "the result arrived first and was applied", outcome
+    result = await assessment_of(stack, opp)
+    assert result.status is Status.COMPLETED, result
+    [done] = result.invitations
+    assert (done.status, done.verdict) == (Status.COMPLETED, "pass")
+    assert py_status(stack, invitation["id"]) == "completed"
+    assert stack.py.stats.cancels == cancels  # Py refused it: nothing cancelled
+    tags = stack.tags(opp)
+    assert verdict_tags(tags) == {"Py - Pass"}, tags
+    assert "Py - Invited" not in tags and command_tags(stack, opp) == []
+    assert error_tags(stack, opp) == []
+    # The result's move on pass happens, as it would have without the Cancel.
+    assert stack.lever.opportunity(opp)["stage"] == on_site
+    assert stack.lever.count_api_writes(opp, "stage", on_site) == 1
+    assert stack.lever.count_api_writes(opp, "addLinks") == 1  # the report link
+
+
+async def test_a_command_on_an_archived_candidate_is_not_applied(stack: Stack):
+    opp, invitation = await invited(stack, "Archived Abe")
+    _, attempt = await stack.lever.archive_candidate(opp, True)
+    assert attempt is not None and attempt.status == 202, attempt
+    await stack.client.get_workflow_handle(attempt.body["workflow_id"]).result()
+    assert (await assessment_of(stack, opp)).status is Status.CANCELLED  # withdrawn
+    assert py_status(stack, invitation["id"]) == "cancelled"
+    cancels, reminders = stack.py.stats.cancels, stack.py.stats.reminders
+    # A Retake would otherwise start a new invitation for the cancelled test.
+    tagged(stack, opp, "Py - Resend", "Py - Retake")
+
+    await look(stack)
+    outcomes = await commands_of(stack, opp)
+    assert [(o.command, o.applied, o.detail) for o in outcomes] == [
+        (CommandKind.RETAKE, False, "the candidate is archived"),
+        (CommandKind.RESEND, False, "the candidate is archived"),
+    ], outcomes
+    assert [i["id"] for i in stack.invitations(opp)] == [invitation["id"]]
+    assert py_status(stack, invitation["id"]) == "cancelled"
+    assert (stack.py.stats.cancels, stack.py.stats.reminders) == (cancels, reminders)
+    assert stack.py.invitations[invitation["id"]].reminders == 0
+    assert command_tags(stack, opp) == [] and error_tags(stack, opp) == []
+    assert removals(stack, opp) == [["Py - Retake", "Py - Resend"]]
+    assert stack.lever.opportunity(opp)["archived"] is not None
+    row = await commands_row(stack, opp)
+    assert [o["detail"] for o in row["outcomes"]] == ["the candidate is archived"] * 2
+    runs = await stack.client.get_workflow_handle(
+        assessment_id("acme", opp, PY_ASSESSMENT_STAGE_ID)
+    ).describe()
+    assert runs.status is not None and runs.status.name == "COMPLETED"  # no retake run
+
+
+async def test_a_command_whose_tag_removal_failed_is_not_applied_again(stack: Stack):
+    opp, invitation = await invited(stack, "Stuck Stu")
+    tagged(stack, opp, "Py - Resend")
+    lever = stack.lever
+    inner = lever._api_response
+    refused: list[str] = []
+
+    async def refuse_removal(request: Any, handler: Any) -> Any:
+        if request.method == "POST" and request.url.path == f"/v1/opportunities/{opp}/removeTags":
+            refused.append(request.url.path)
+            return lever_error(400, "BadRequest", "tags cannot be removed from this candidate")
+        return await inner(request, handler)
+
+    lever._api_response = refuse_removal  # type: ignore[method-assign]
+    try:
+        await look(stack)
+        [applied] = await commands_of(stack, opp)
+    finally:
+        lever._api_response = inner  # type: ignore[method-assign]
+    assert applied.command is CommandKind.RESEND and applied.applied, applied
+    assert stack.py.invitations[invitation["id"]].reminders == 1
+    assert len(refused) == 1  # a 400 is final: not retried
+    assert "Py - Resend" in stack.tags(opp) and removals(stack, opp) == []
+    first_run = (
+        await stack.client.get_workflow_handle(
+            candidate_commands_workflow_id("acme", opp)
+        ).describe()
+    ).run_id
+    # The next look comes commands_every later: the closed run is visible by then.
+    stuck = await row_where(
+        stack,
+        opp,
+        "commands",
+        lambda r: r["run_id"] == first_run and r["execution_status"] == "completed",
+    )
+    assert stuck["tags_removed"] is False and stuck["commands"] == ["Py - Resend"]
+
+    await look(stack)  # Lever accepts removals again
+    [again] = await commands_of(stack, opp)
+    assert again.command is CommandKind.RESEND and not again.applied, again
+    assert again.detail == (
+        "applied already by the previous run (its tag could not be removed then); not applied again"
+    )
+    second_run = (
+        await stack.client.get_workflow_handle(
+            candidate_commands_workflow_id("acme", opp)
+        ).describe()
+    ).run_id
+    assert second_run != first_run
+    assert stack.py.invitations[invitation["id"]].reminders == 1  # still one reminder
+    assert command_tags(stack, opp) == [] and removals(stack, opp) == [["Py - Resend"]]
+    assert "Py - Invited" in stack.tags(opp)
+    done = await commands_row(stack, opp)
+    assert done["run_id"] == second_run
+    # A third look finds nothing: no third run.
+    await look(stack)
+    assert stack.py.invitations[invitation["id"]].reminders == 1
+    last = await stack.client.get_workflow_handle(
+        candidate_commands_workflow_id("acme", opp)
+    ).describe()
+    assert last.run_id == second_run

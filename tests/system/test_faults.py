@@ -17,6 +17,7 @@ import pytest
 
 from pylever.contracts.records import AssessmentResult
 from sandbox.process_stack import ACCOUNT, PY_ASSESSMENT_STAGE_ID, ProcessStack
+from tests.support.process_stacks import process_stack
 from workflows.decisions import (
     TAG_FAIL,
     TAG_INVITED,
@@ -44,7 +45,7 @@ def expected_tag(score: float) -> str:
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[ProcessStack]:
     """A fresh deployment per test (about 2 s to start): one worker, no faults yet."""
-    async with ProcessStack(tmp_path / "stack", workers=1) as s:
+    async with process_stack(tmp_path / "stack", workers=1) as s:
         yield s
 
 

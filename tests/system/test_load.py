@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.process_stack import ProcessStack
+from tests.support.process_stacks import process_stack
 from workflows.decisions import TAG_INVITED
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ SLACK = 1.25  # the run may take at most 25% longer than the calls at Lever's fu
 
 
 async def test_300_candidates_two_workers_zero_429s_near_levers_rate(tmp_path: Path) -> None:
-    async with ProcessStack(tmp_path / "stack", workers=2) as stack:
+    async with process_stack(tmp_path / "stack", workers=2) as stack:
         gate = asyncio.Semaphore(20)
 
         async def create(i: int) -> str:

@@ -48,6 +48,7 @@ from sandbox.process_stack import (
     ProcessStack,
 )
 from sandbox.toml_writer import toml_table as _table
+from tests.support.process_stacks import process_stack
 from workflows.decisions import (
     TAG_INVITED,
     TAG_NEEDS_REVIEW,
@@ -245,7 +246,7 @@ async def result_of(stack: ProcessStack, workflow_id: str, timeout: float = 30) 
 async def deployment(tmp_path: Path) -> AsyncIterator[tuple[ProcessStack, list[str]]]:
     """Two workers, each serving its own /metrics (to read its reload counter): the stack
     and the workers' /metrics URLs."""
-    async with ProcessStack(tmp_path / "stack", workers=0) as stack:
+    async with process_stack(tmp_path / "stack", workers=0) as stack:
         worker_metrics = []
         for _ in range(2):
             port = free_port()

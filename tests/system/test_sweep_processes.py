@@ -22,6 +22,7 @@ import pytest
 
 from pylever.temporal.schedules import schedule_id
 from sandbox.process_stack import ACCOUNT, TRIGGER_STAGE, ProcessStack
+from tests.support.process_stacks import process_stack
 from workflows.decisions import TAG_INVITED
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,7 @@ async def backfill(stack: ProcessStack, *args: str) -> tuple[int, str, str]:
 
 
 async def test_sweep_and_backfill_on_real_processes(tmp_path: Path) -> None:
-    async with ProcessStack(tmp_path / "stack", workers=1, sweep_every="2s") as stack:
+    async with process_stack(tmp_path / "stack", workers=1, sweep_every="2s") as stack:
         client = await stack.client()
         handle = client.get_schedule_handle(schedule_id(stack.options.task_queue, ACCOUNT))
         description = await stack.eventually(handle.describe, timeout=30)

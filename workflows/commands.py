@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -34,7 +35,7 @@ from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError, is
 with workflow.unsafe.imports_passed_through():
     import workflows.decisions as decisions
     from pylever.contracts import search_attributes as sa
-    from pylever.contracts.activities import CommandActivity, LeverActivity
+    from pylever.contracts.activities import Activity, CommandActivity, LeverActivity
     from pylever.contracts.commands import (
         CandidateCommandsInput,
         CandidateTags,
@@ -43,12 +44,10 @@ with workflow.unsafe.imports_passed_through():
         CommandOutcome,
         CommandPlan,
         CommandPlanRequest,
-        CommandTargets,
         CommandTargetsRequest,
         CommandWatchInput,
         DeliverCommand,
         ListCommanded,
-        PreviousCommands,
         RetakeRequest,
     )
     from pylever.contracts.errors import UNKNOWN_ACCOUNT
@@ -63,12 +62,25 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.decisions import candidate_commands_workflow_id
 
+ArgT = TypeVar("ArgT")
+ResultT = TypeVar("ResultT")
 TEMPORAL_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)
 )
 
 
 TAG_REMOVAL_HORIZON = timedelta(days=7)
+
+
+async def _temporal(stub: Activity[ArgT, ResultT], arg: ArgT) -> ResultT:
+    """A question to (or a start on) Temporal: tried for an hour (``COMMAND_HORIZON``)."""
+    return await call(
+        stub,
+        arg,
+        start_to_close_timeout=timedelta(minutes=2),
+        schedule_to_close_timeout=COMMAND_HORIZON,
+        retry_policy=TEMPORAL_RETRY,
+    )
 
 
 # --- the watch ---------------------------------------------------------------------
@@ -213,13 +225,7 @@ class CandidateCommandsWorkflow:
             ]
         )
         self._show()
-        previous: PreviousCommands = await call(
-            CommandActivity.previous,
-            ref,
-            start_to_close_timeout=timedelta(minutes=1),
-            schedule_to_close_timeout=COMMAND_HORIZON,
-            retry_policy=TEMPORAL_RETRY,
-        )
+        previous = await _temporal(CommandActivity.previous, ref)
         for kind in self.state.commands:
             if kind.value in previous.unremoved:
                 # Applied by the previous run, which could not remove the tag: once only.
@@ -241,16 +247,13 @@ class CandidateCommandsWorkflow:
             extend_by_seconds=input.plan.extend_by_seconds if kind is CommandKind.EXTEND else 0,
         )
         try:
-            targets: CommandTargets = await call(
+            targets = await _temporal(
                 CommandActivity.targets,
                 CommandTargetsRequest(
                     account_id=input.account_id,
                     opportunity_id=input.opportunity_id,
                     stage_ids=tuple(s.stage_id for s in input.plan.stages),
                 ),
-                start_to_close_timeout=timedelta(minutes=2),
-                schedule_to_close_timeout=COMMAND_HORIZON,
-                retry_policy=TEMPORAL_RETRY,
             )
         except ActivityError as exc:
             if is_cancelled_exception(exc):
@@ -267,7 +270,7 @@ class CandidateCommandsWorkflow:
             await self._deliver(command, invitation)
         stages = {s.stage_id: s for s in input.plan.stages}
         for target in steps.retakes:
-            await self._retake(input, kind, RetakeRequest(
+            await self._retake(kind, RetakeRequest(
                 account_id=input.account_id,
                 opportunity_id=input.opportunity_id,
                 stage=stages[target.stage_id],
@@ -296,17 +299,9 @@ class CandidateCommandsWorkflow:
             return
         self.state.outcomes.append(outcome)
 
-    async def _retake(
-        self, input: CandidateCommandsInput, kind: CommandKind, req: RetakeRequest
-    ) -> None:
+    async def _retake(self, kind: CommandKind, req: RetakeRequest) -> None:
         try:
-            outcome: CommandOutcome = await call(
-                CommandActivity.retake,
-                req,
-                start_to_close_timeout=timedelta(minutes=2),
-                schedule_to_close_timeout=COMMAND_HORIZON,
-                retry_policy=TEMPORAL_RETRY,
-            )
+            outcome = await _temporal(CommandActivity.retake, req)
         except ActivityError as exc:
             if is_cancelled_exception(exc):
                 raise

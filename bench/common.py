@@ -68,6 +68,9 @@ class Sizes:
     neighbours_trickle: int
     # 6. backfill: candidates already waiting in the trigger stage (bench/backfill.py)
     backfill_candidates: int
+    # 7. recruiter commands: Py - Resend on N waiting candidates (bench/commands.py)
+    commands_candidates: int
+    commands_idle_seconds: float
 
     @classmethod
     def from_env(cls) -> Sizes:
@@ -89,6 +92,8 @@ class Sizes:
                 neighbours_bulk=150,
                 neighbours_trickle=10,
                 backfill_candidates=100,
+                commands_candidates=50,
+                commands_idle_seconds=30.0,
             )
         return cls(
             quick=False,
@@ -106,6 +111,8 @@ class Sizes:
             neighbours_bulk=500,
             neighbours_trickle=20,
             backfill_candidates=500,
+            commands_candidates=200,
+            commands_idle_seconds=60.0,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -2,18 +2,21 @@
 
     make bench                  # full: 1000 webhooks per level, 500 bulk, 5000 waiting,
                                 #   an idle worker with 1/100/1000 accounts, neighbours 500 + 20,
-                                #   500 backfilled
+                                #   500 backfilled, 200 resent
     BENCH_QUICK=1 make bench    # quick: 300 webhooks per level, 100 bulk, 1000 waiting,
-                                #   1/100/300 accounts, neighbours 150 + 10, 100 backfilled
+                                #   1/100/300 accounts, neighbours 150 + 10, 100 backfilled,
+                                #   50 resent
     BENCH_ONLY=ingest,bulk make bench   # a subset (ingest, bulk, waiting, accounts, neighbours,
-                                        #   backfill)
+                                        #   backfill, commands)
     BENCH_ONLY=accounts,neighbours BENCH_QUICK=1 make bench   # the two multi-account ones
 
 Scenarios: ``ingest`` (webhook vs raw start), ``bulk`` (bulk invite under Lever's
 limit), ``waiting`` (thousands waiting), ``accounts`` (idle worker memory and CPU
 by configured accounts, bench/accounts.py), ``neighbours`` (one account's bulk
 move vs another account's candidates, bench/neighbours.py), ``backfill`` (candidates
-already waiting, invited by ``cli.py backfill``, bench/backfill.py).
+already waiting, invited by ``cli.py backfill``, bench/backfill.py), ``commands``
+(a recruiter's ``Py - Resend`` on many waiting candidates at once, and the idle
+command watch's Lever calls, bench/commands.py).
 
 Prints progress on stderr, then ``key=value`` lines and a table on stdout, and
 writes every figure to ``bench/results/<mode>-<time>.json`` (and
@@ -33,7 +36,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench import accounts, backfill, bulk, ingest, neighbours, waiting
+from bench import accounts, backfill, bulk, commands, ingest, neighbours, waiting
 from bench.common import RESULTS_DIR, ROOT, Sizes, loadavg, log, machine_info, write_json
 
 SCENARIOS = {
@@ -43,6 +46,7 @@ SCENARIOS = {
     "accounts": accounts.run,
     "neighbours": neighbours.run,
     "backfill": backfill.run,
+    "commands": commands.run,
 }
 
 # Targets (benchmarks, not tests): what each figure is held against.
@@ -61,6 +65,12 @@ TARGETS = {
     "neighbours_lever_429s": ("==", 0),
     "backfill_vs_rate_limit_ratio": ("<=", 1.15),
     "backfill_lever_429s": ("==", 0),
+    "commands_vs_rate_limit_ratio": ("<=", 1.3),
+    "commands_lever_429s": ("==", 0),
+    "commands_duplicate_reminders": ("==", 0),
+    "commands_not_reminded": ("==", 0),
+    # commands_every = 1s: one list call a second, within 10 %
+    "commands_idle_list_calls_per_minute": ("~", 60.0),
 }
 
 
@@ -146,6 +156,8 @@ def _flat(results: dict[str, Any]) -> dict[str, Any]:
         out.update(neighbours.flat(results["neighbours"]))
     if results.get("backfill"):
         out.update(backfill.flat(results["backfill"]))
+    if results.get("commands"):
+        out.update(commands.flat(results["commands"]))
     return out
 
 
@@ -155,6 +167,7 @@ def _verdicts(flat: dict[str, Any]) -> dict[str, str]:
         "<=": lambda a, b: a <= b,
         "<": lambda a, b: a < b,
         "==": lambda a, b: a == b,
+        "~": lambda a, b: abs(a - b) <= 0.1 * b,  # about: within 10 %
     }
     verdicts = {}
     for key, (op, bound) in TARGETS.items():
@@ -254,6 +267,8 @@ def _table(results: dict[str, Any]) -> str:
         lines += ["", *neighbours.table(results["neighbours"])]
     if results.get("backfill"):
         lines += ["", *backfill.table(results["backfill"])]
+    if results.get("commands"):
+        lines += ["", *commands.table(results["commands"])]
     return "\n".join(lines)
 
 

@@ -51,6 +51,7 @@ from pylever.contracts.records import (
 from pylever.contracts.sweep import LIST_PAGE_SIZE, ListWaiting, WaitingCandidate, WaitingPage
 from pylever.ops.logs import log_event
 from pylever.ops.metrics import LEVER_AUTH_REFUSALS, LEVER_KEY_REFUSED
+from workflows.decisions import is_command_tag
 
 log = logging.getLogger("pylever.activities.lever")
 
@@ -244,10 +245,10 @@ class LeverActivities:
             candidates=tuple(
                 CommandedCandidate(
                     opportunity_id=opp.id,
-                    tags=tuple(t for t in opp.tags if t in COMMAND_TAGS),
+                    tags=tuple(t for t in opp.tags if is_command_tag(t)),
                 )
                 for opp in opportunities
-                if any(t in COMMAND_TAGS for t in opp.tags)
+                if any(is_command_tag(t) for t in opp.tags)
             ),
             next_offset=next_offset,
         )

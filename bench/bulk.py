@@ -30,6 +30,7 @@ from bench.common import (
     Sizes,
     bounded_gather,
     log,
+    peak_rate,
     stack_config,
     wait_until,
 )
@@ -79,13 +80,7 @@ async def run(sizes: Sizes, workdir: Path) -> dict[str, Any]:
             raise RuntimeError(f"bulk: {len(not_invited)} candidates without {TAG_INVITED!r}")
         invite_calls = stats["requests"]["total"]
         ideal = invite_calls / LEVER_LIMIT
-        # The busiest one-second window seen by the poller (approximate: 0.25 s polls).
-        peak = 0.0
-        for i, (t_i, c_i) in enumerate(samples):
-            for t_j, c_j in samples[i + 1 :]:
-                if t_j - t_i >= 1.0:
-                    peak = max(peak, (c_j - c_i) / (t_j - t_i))
-                    break
+        peak = peak_rate(samples)
         invite = {
             "candidates": n,
             "workers": len(stack.workers),

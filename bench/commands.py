@@ -26,7 +26,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.common import LEVER_LIMIT, BenchStack, Sizes, bounded_gather, log, wait_until
+from bench.common import (
+    LEVER_LIMIT,
+    BenchStack,
+    Sizes,
+    bounded_gather,
+    log,
+    peak_rate,
+    wait_until,
+)
 from pylever.contracts.commands import CommandKind
 from sandbox.process_stack import ACCOUNT, ProcessStack
 from workflows.decisions import TAG_INVITED
@@ -38,17 +46,6 @@ REMOVE_TAGS = "POST /opportunities/{id}/removeTags"
 RESEND = CommandKind.RESEND.value
 COMMANDS_EVERY = "1s"
 SETTLE_SECONDS = 5.0  # looks after the last tag went, to catch a second application
-
-
-def _peak(samples: list[tuple[float, int]]) -> float:
-    """The busiest one-second window seen by the poller (approximate: 0.25 s polls)."""
-    peak = 0.0
-    for i, (t_i, c_i) in enumerate(samples):
-        for t_j, c_j in samples[i + 1 :]:
-            if t_j - t_i >= 1.0:
-                peak = max(peak, (c_j - c_i) / (t_j - t_i))
-                break
-    return peak
 
 
 async def _command_runs(stack: ProcessStack) -> dict[str, int]:
@@ -173,7 +170,7 @@ async def run(sizes: Sizes, workdir: Path) -> dict[str, Any]:
             "own_calls_per_candidate": round((reads + removes) / n, 3),
             "lever_calls_per_candidate": round(calls / n, 3),
             "mean_calls_per_second": round(calls / elapsed, 2),
-            "peak_calls_per_second_1s": round(_peak(samples), 1),
+            "peak_calls_per_second_1s": round(peak_rate(samples), 1),
             "settle_seconds": SETTLE_SECONDS,
             "settle_lever_calls_by_endpoint": {
                 k: v - by_endpoint.get(k, 0)

@@ -287,6 +287,17 @@ async def closed_loop(
     return latencies, time.perf_counter() - started, results
 
 
+def peak_rate(samples: list[tuple[float, int]]) -> float:
+    """The busiest one-second window seen by the poller (approximate: 0.25 s polls)."""
+    peak = 0.0
+    for i, (t_i, c_i) in enumerate(samples):
+        for t_j, c_j in samples[i + 1 :]:
+            if t_j - t_i >= 1.0:
+                peak = max(peak, (c_j - c_i) / (t_j - t_i))
+                break
+    return peak
+
+
 def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of already sorted values: the smallest value
     with at least q % of the values at or below it (p95 of 20 values is the 19th)."""

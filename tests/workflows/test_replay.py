@@ -127,6 +127,7 @@ from pylever.contracts.records import (
 )
 from pylever.contracts.sweep import SweepInput, SweepResult
 from pylever.temporal.codec import AesGcmCodec, data_converter
+from pylever.temporal.workers import WORKFLOWS
 from tests.support import record_histories
 from tests.support.integration_stack import PAYLOAD_KEY
 from workflows import decisions
@@ -649,18 +650,8 @@ def assert_is_the_claimed_path(name: str, history: WorkflowHistory) -> None:
 
 def replayer(*workflows: type) -> Replayer:
     return Replayer(
-        workflows=list(
-            workflows
-            or (
-                AssessmentWorkflow,
-                InvitationWorkflow,
-                WithdrawCandidateWorkflow,
-                RemoveAccountWorkflow,
-                SweepWorkflow,
-                CommandWatchWorkflow,
-                CandidateCommandsWorkflow,
-            )
-        ),
+        # Default: every workflow the worker runs (a newly registered one is replayed too).
+        workflows=list(workflows or WORKFLOWS),
         data_converter=data_converter(AesGcmCodec([PAYLOAD_KEY])),
     )
 
